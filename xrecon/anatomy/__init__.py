@@ -1,0 +1,1 @@
+"""Anatomy: CT volumes with their affine and labels, image I/O, bone models."""
