@@ -14,7 +14,7 @@ def test_invert_and_compose_are_identity():
 
 
 def test_apply_matches_matrix_product():
-    T = se3.from_rotvec(torch.tensor([0.1, -0.2, 0.3]), torch.tensor([1.0, 2.0, 3.0]))
+    T = se3.from_rotvec(torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64), torch.tensor([1.0, 2.0, 3.0]))
     X = torch.randn(7, 3, dtype=torch.float64)
     Xh = torch.cat([X, torch.ones(7, 1, dtype=torch.float64)], 1)
     assert torch.allclose(se3.apply(T, X), (Xh @ T.T)[:, :3])
