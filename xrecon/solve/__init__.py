@@ -1,0 +1,15 @@
+"""Solvers: every method in xrecon ends in these.
+
+* :mod:`~xrecon.solve.pnp` 2D-3D correspondences -> pose (PnP + RANSAC; the
+  only module wrapping OpenCV / poselib),
+* :mod:`~xrecon.solve.align3d` 3D point sets -> rigid / similarity transform
+  (Umeyama with known correspondence; global init + ICP without),
+* :mod:`~xrecon.solve.joint` PnP + 3D alignment + joint refinement (CT to camera),
+* :mod:`~xrecon.solve.similarity` image similarity (NCC, gradient NCC, patch NCC),
+* :mod:`~xrecon.solve.refine` intensity-based pose refinement against DRRs.
+
+Every solver returns a small dataclass with the pose, diagnostics, ``success``
+and ``reason``; degenerate input gives ``success=False``, never a silent wrong
+pose. Poses follow :mod:`xrecon.geometry` (OpenCV ``a_to_b`` 4x4 matrices).
+Heavy engines are imported inside the functions that use them.
+"""

@@ -1,0 +1,290 @@
+"""Camera pose from 2D-3D correspondences: PnP inside RANSAC.
+
+The one module that wraps the PnP engines (OpenCV and poselib); everything
+else in xrecon calls :func:`solve_pnp`. Conventions: :mod:`xrecon.geometry`
+(OpenCV pinhole, ``x_cam = R x_world + t``, pixel centres at integers, which is
+exactly what both engines expect, pinned by tests/solve/test_pnp.py).
+
+Pipeline of :func:`solve_pnp`:
+
+1. drop correspondences holding NaN / inf;
+2. uncertainty filter (seed 002): keep points whose predicted log-variance is
+   at most ``log_sigma_threshold`` (0.0 for simulated, -2.0 for real images);
+3. bound the work: keep the ``max_points`` most confident correspondences
+   (highest ``weights``, else lowest ``log_sigma``, else a seeded random subset),
+   so dense scene-coordinate maps stay fast;
+4. refuse degenerate sets (fewer than 4 points, collinear 3D or 2D points);
+5. RANSAC: poselib's LO-RANSAC (P3P minimal solver, local optimisation, final
+   robust bundle adjustment) or OpenCV's ``solvePnPRansac`` (seed 002:
+   ``SOLVEPNP_ITERATIVE``, 1000 iterations, 10 px simulated / 20 px real);
+6. accept the pose only if enough inliers support it and they lie in front of
+   the source; otherwise ``success=False`` with the reason and a NaN pose.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from xrecon.errors import InputError, ShapeError
+
+log = logging.getLogger(__name__)
+
+_OPENCV_FLAGS = {"iterative": "SOLVEPNP_ITERATIVE", "epnp": "SOLVEPNP_EPNP", "sqpnp": "SOLVEPNP_SQPNP",
+                 "p3p": "SOLVEPNP_P3P", "ap3p": "SOLVEPNP_AP3P"}
+
+
+@dataclass(frozen=True)
+class PnPConfig:
+    """Settings of :func:`solve_pnp`.
+
+    Attributes:
+        method: ``"poselib"`` (LO-RANSAC, the project default) or ``"opencv"``.
+        reproj_threshold_px: RANSAC inlier threshold (pixels of the image the
+            2D points refer to).
+        max_iterations: RANSAC iteration cap.
+        min_iterations: poselib only: iterations run before adaptive stopping.
+        success_prob: RANSAC confidence used for adaptive stopping.
+        opencv_flag: OpenCV's final solver on the inliers: ``"iterative"``
+            (seed 002), ``"epnp"``, ``"sqpnp"``, ``"p3p"``, ``"ap3p"``.
+        log_sigma_threshold: keep correspondences with ``log_sigma <=`` this
+            (only when ``log_sigma`` is passed); ``None`` keeps all.
+        max_points: at most this many correspondences reach RANSAC, chosen by
+            confidence; ``None`` uses all.
+        min_inliers: fewest inliers accepted as a pose.
+        min_inlier_ratio: fewest inliers accepted, as a share of the points used.
+        seed: seeds RANSAC sampling and the random subset (reproducible runs).
+    """
+
+    method: str = "poselib"
+    reproj_threshold_px: float = 10.0
+    max_iterations: int = 1000
+    min_iterations: int = 50
+    success_prob: float = 0.9999
+    opencv_flag: str = "iterative"
+    log_sigma_threshold: float | None = None
+    max_points: int | None = 1000
+    min_inliers: int = 6
+    min_inlier_ratio: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in ("poselib", "opencv"):
+            raise InputError(f"PnP method must be 'poselib' or 'opencv', got {self.method!r}")
+        if self.opencv_flag not in _OPENCV_FLAGS:
+            raise InputError(f"opencv_flag must be one of {sorted(_OPENCV_FLAGS)}, got {self.opencv_flag!r}")
+        if not self.reproj_threshold_px > 0 or self.max_iterations < 1:
+            raise InputError("reproj_threshold_px must be > 0 and max_iterations >= 1")
+        if self.max_points is not None and self.max_points < 4:
+            raise InputError(f"max_points must be at least 4 (or None), got {self.max_points}")
+
+    @classmethod
+    def seed002(cls, real: bool = False, **overrides) -> "PnPConfig":
+        """The settings of seed 002: OpenCV ``SOLVEPNP_ITERATIVE`` in RANSAC, 1000
+        iterations, 10 px and log-variance threshold 0.0 on simulated images,
+        20 px and -2.0 on real ones, every correspondence used."""
+        base = cls(method="opencv", opencv_flag="iterative", max_iterations=1000,
+                   reproj_threshold_px=20.0 if real else 10.0, log_sigma_threshold=-2.0 if real else 0.0,
+                   max_points=None)
+        return dataclasses.replace(base, **overrides)
+
+
+@dataclass
+class PnPResult:
+    """Outcome of :func:`solve_pnp`.
+
+    Attributes:
+        world_to_cam: ``(4, 4)`` pose of the frame the 3D points are in (NaN when
+            ``success`` is False).
+        inliers: ``(N,)`` bool over the *input* correspondences (False for the
+            ones filtered out before RANSAC).
+        reprojection_error_px: mean reprojection error of the inliers (NaN on failure).
+        n_inliers: number of inliers.
+        n_used: correspondences that reached RANSAC (after filtering and the bound).
+        success: whether the pose is trustworthy.
+        reason: why not (empty on success).
+        time_s: wall time of the solve.
+    """
+
+    world_to_cam: np.ndarray
+    inliers: np.ndarray
+    reprojection_error_px: float
+    n_inliers: int
+    n_used: int
+    success: bool
+    reason: str = ""
+    time_s: float = 0.0
+
+
+def intrinsics_matrix(camera) -> np.ndarray:
+    """``(3, 3)`` intrinsics from a :class:`~xrecon.geometry.Camera` (its first
+    view) or from a ``(3, 3)`` / ``(1, 3, 3)`` array."""
+    K = getattr(camera, "K", camera)
+    if hasattr(K, "detach"):
+        K = K.detach().cpu().numpy()
+    K = np.asarray(K, dtype=np.float64)
+    if K.ndim == 3 and K.shape[0] >= 1:
+        K = K[0]
+    if K.shape != (3, 3):
+        raise ShapeError("K", "(3, 3)", K.shape)
+    if not np.isfinite(K).all() or abs(np.linalg.det(K)) < 1e-12:
+        raise InputError("intrinsics K must be finite and invertible")
+    return K
+
+
+def reprojection_errors_px(world_to_cam: np.ndarray, points_3d: np.ndarray, points_2d: np.ndarray,
+                           K: np.ndarray) -> np.ndarray:
+    """Pixel distance ``(N,)`` between ``points_2d: (N, 2)`` and the projection of
+    ``points_3d: (N, 3)`` by ``world_to_cam: (4, 4)``; ``inf`` behind the source."""
+    T = np.asarray(world_to_cam, np.float64)
+    pc = np.asarray(points_3d, np.float64) @ T[:3, :3].T + T[:3, 3]
+    h = pc @ np.asarray(K, np.float64).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        uv = h[:, :2] / h[:, 2:3]
+        err = np.linalg.norm(uv - np.asarray(points_2d, np.float64), axis=1)
+    return np.where(pc[:, 2] > 0, err, np.inf)
+
+
+def _rank_of_spread(points: np.ndarray) -> int:
+    """Number of independent directions the points span (0 = one point, 1 = a line)."""
+    centred = points - points.mean(axis=0)
+    s = np.linalg.svd(centred, compute_uv=False)
+    if s[0] <= 1e-9 * max(1.0, np.abs(points).max()):
+        return 0
+    return int((s > 1e-6 * s[0]).sum())
+
+
+def _fail(n: int, reason: str, t0: float, n_used: int = 0) -> PnPResult:
+    log.info("PnP failed: %s", reason)
+    return PnPResult(np.full((4, 4), np.nan), np.zeros(n, bool), float("nan"), 0, n_used, False, reason,
+                     time.perf_counter() - t0)
+
+
+def _select(n: int, keep: np.ndarray, weights, log_sigma, cfg: PnPConfig) -> np.ndarray:
+    """Indices of the correspondences passed to RANSAC (most confident first)."""
+    idx = np.flatnonzero(keep)
+    if cfg.max_points is None or idx.size <= cfg.max_points:
+        return idx
+    if weights is not None:
+        order = np.argsort(-weights[idx], kind="stable")
+    elif log_sigma is not None:
+        order = np.argsort(log_sigma[idx], kind="stable")
+    else:
+        order = np.random.default_rng(cfg.seed).permutation(idx.size)
+    return np.sort(idx[order[: cfg.max_points]])
+
+
+def _ransac_poselib(p3, p2, K, cfg: PnPConfig):
+    import poselib
+
+    # poselib's pinhole model is u = fx x/z + cx (no half-pixel shift), as ours; the
+    # size is informative only.
+    camera = {"model": "PINHOLE", "width": int(2 * K[0, 2] + 1), "height": int(2 * K[1, 2] + 1),
+              "params": [K[0, 0], K[1, 1], K[0, 2], K[1, 2]]}
+    ransac = {"max_reproj_error": float(cfg.reproj_threshold_px), "max_iterations": int(cfg.max_iterations),
+              "min_iterations": int(min(cfg.min_iterations, cfg.max_iterations)),
+              "success_prob": float(cfg.success_prob), "seed": int(cfg.seed)}
+    pose, info = poselib.estimate_absolute_pose(p2, p3, camera, ransac, {})
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = np.asarray(pose.R), np.asarray(pose.t)
+    return T, np.asarray(info["inliers"], bool)
+
+
+def _ransac_opencv(p3, p2, K, cfg: PnPConfig):
+    import cv2
+
+    cv2.setRNGSeed(int(cfg.seed))
+    flag = getattr(cv2, _OPENCV_FLAGS[cfg.opencv_flag])
+    ok, rvec, tvec, inl = cv2.solvePnPRansac(
+        p3.reshape(-1, 1, 3), p2.reshape(-1, 1, 2), K, None, iterationsCount=int(cfg.max_iterations),
+        reprojectionError=float(cfg.reproj_threshold_px), confidence=float(min(cfg.success_prob, 0.9999)),
+        flags=flag)
+    if not ok or rvec is None:
+        return None, np.zeros(len(p3), bool)
+    T = np.eye(4)
+    T[:3, :3] = cv2.Rodrigues(rvec)[0]
+    T[:3, 3] = tvec.reshape(3)
+    mask = np.zeros(len(p3), bool)
+    if inl is not None:
+        mask[np.asarray(inl).reshape(-1)] = True
+    return T, mask
+
+
+def solve_pnp(points_3d, points_2d, camera, *, config: PnPConfig | None = None, weights=None,
+              log_sigma=None, **overrides) -> PnPResult:
+    """Pose of the frame of ``points_3d`` in the camera, robust to outliers.
+
+    Args:
+        points_3d: ``(N, 3)`` points (mm) in some frame F (the world, a CT, a model).
+        points_2d: ``(N, 2)`` their pixels ``(u, v)`` in the image of ``camera``.
+        camera: a :class:`~xrecon.geometry.Camera` (intrinsics of its first view)
+            or the ``(3, 3)`` intrinsics ``K``.
+        config: :class:`PnPConfig`; keyword ``overrides`` replace its fields
+            (``solve_pnp(..., method="opencv", reproj_threshold_px=20)``).
+        weights: ``(N,)`` confidences (higher = better): used to choose the
+            ``max_points`` kept; non-positive weights drop the point.
+        log_sigma: ``(N,)`` predicted log-variances: filtered by
+            ``log_sigma_threshold`` and used for the choice when no ``weights``.
+
+    Returns:
+        :class:`PnPResult` with ``world_to_cam`` = F-to-camera. Degenerate input
+        (fewer than 4 usable points, collinear points, no consistent pose) gives
+        ``success=False`` and a ``reason``; it never raises for bad data. Wrong
+        shapes raise :class:`~xrecon.errors.ShapeError`.
+    """
+    t0 = time.perf_counter()
+    cfg = dataclasses.replace(config or PnPConfig(), **overrides) if overrides else (config or PnPConfig())
+    p3 = np.asarray(points_3d, dtype=np.float64)
+    p2 = np.asarray(points_2d, dtype=np.float64)
+    if p3.ndim != 2 or p3.shape[1] != 3:
+        raise ShapeError("points_3d", "(N, 3)", p3.shape)
+    if p2.shape != (p3.shape[0], 2):
+        raise ShapeError("points_2d", f"({p3.shape[0]}, 2)", p2.shape)
+    n = p3.shape[0]
+    K = intrinsics_matrix(camera)
+    w = None if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    ls = None if log_sigma is None else np.asarray(log_sigma, np.float64).reshape(-1)
+    for name, a in (("weights", w), ("log_sigma", ls)):
+        if a is not None and a.shape != (n,):
+            raise ShapeError(name, f"({n},)", a.shape)
+
+    keep = np.isfinite(p3).all(1) & np.isfinite(p2).all(1)
+    if w is not None:
+        keep &= np.isfinite(w) & (w > 0)
+    if ls is not None:
+        keep &= np.isfinite(ls)
+        if cfg.log_sigma_threshold is not None:
+            keep &= ls <= cfg.log_sigma_threshold
+    if keep.sum() < 4:
+        return _fail(n, f"fewer than 4 usable correspondences ({int(keep.sum())} of {n} finite and "
+                        "passing the confidence filter)", t0)
+    idx = _select(n, keep, w, ls, cfg)
+    q3, q2 = p3[idx], p2[idx]
+    if _rank_of_spread(q3) < 2:
+        return _fail(n, "degenerate 3D points (all on one line or one point)", t0, idx.size)
+    if _rank_of_spread(q2) < 2:
+        return _fail(n, "degenerate image points (all on one line or one point)", t0, idx.size)
+
+    try:
+        T, mask = (_ransac_poselib if cfg.method == "poselib" else _ransac_opencv)(q3, q2, K, cfg)
+    except Exception as exc:  # the engines raise on numerically hopeless input
+        return _fail(n, f"{cfg.method} PnP raised {exc.__class__.__name__}: {exc}", t0, idx.size)
+    if T is None or not np.isfinite(T).all():
+        return _fail(n, f"{cfg.method} RANSAC found no pose", t0, idx.size)
+
+    # inliers of the *final* pose (OpenCV's mask belongs to the RANSAC hypothesis)
+    err = reprojection_errors_px(T, q3, q2, K)
+    mask = err <= cfg.reproj_threshold_px
+    need = max(cfg.min_inliers, int(np.ceil(cfg.min_inlier_ratio * idx.size)))
+    inliers = np.zeros(n, bool)
+    inliers[idx[mask]] = True
+    if mask.sum() < need:
+        res = _fail(n, f"only {int(mask.sum())} inliers of {idx.size} correspondences (need {need}): "
+                       "no pose is consistent with the data", t0, idx.size)
+        res.inliers = inliers
+        return res
+    return PnPResult(T, inliers, float(err[mask].mean()), int(mask.sum()), int(idx.size), True, "",
+                     time.perf_counter() - t0)
