@@ -1,0 +1,19 @@
+"""Statistical shape models: build, load, fit to 3D points and to 2D contours.
+
+A standalone package (it uses only ``xrecon.geometry``, ``xrecon.metrics.shape``
+and ``xrecon.errors`` from xrecon). Modules, one concept each:
+
+* :mod:`shape_models.model`: :class:`ShapeModel` (generalised Procrustes + PCA, save/load).
+* :mod:`shape_models.procrustes`: Umeyama / generalised Procrustes alignment.
+* :mod:`shape_models.bundled`: the articulated-ssm and LLP26 populations, and the
+  ready models under ``shape_models/data/``.
+* :mod:`shape_models.fit3d`: fit to partial, noisy point clouds in any frame.
+* :mod:`shape_models.fit2d`: fit to contours / silhouettes in one or two X-rays.
+* :mod:`shape_models.correspond`: bring meshes into correspondence with a template.
+* :mod:`shape_models.quality`: compactness, generalisation, specificity.
+
+See docs/shape_models.md.
+"""
+from shape_models.model import FORMAT_VERSION, ShapeModel
+
+__all__ = ["FORMAT_VERSION", "ShapeModel"]
