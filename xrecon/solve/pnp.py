@@ -284,7 +284,7 @@ def solve_pnp(points_3d, points_2d, camera, *, config: PnPConfig | None = None, 
     if mask.sum() < need:
         res = _fail(n, f"only {int(mask.sum())} inliers of {idx.size} correspondences (need {need}): "
                        "no pose is consistent with the data", t0, idx.size)
-        res.inliers = inliers
+        res.inliers, res.n_inliers = inliers, int(mask.sum())
         return res
     return PnPResult(T, inliers, float(err[mask].mean()), int(mask.sum()), int(idx.size), True, "",
                      time.perf_counter() - t0)
