@@ -1,0 +1,80 @@
+"""Seed 002's loss: Gaussian negative log-likelihood where the ray meets bone,
+a sigma penalty where it does not.
+
+For a pixel with a scene coordinate ``X`` (normalised units), predicted mean
+``u`` and log standard deviation ``s``::
+
+    intersecting (eq. 4):  |X - u|^2 / sigma^2 + 2 log sigma  =  |X - u|^2 e^{-2s} + 2 s
+    non-existent (eq. 5):  1 / sigma                          =  e^{-s}
+
+Each term is averaged over its own pixels per image, for the entry and the exit
+maps, and the four averages are summed; the result is one value per image
+(batch first) so no failing case hides in a batch mean.
+"""
+from __future__ import annotations
+
+import torch
+
+from xrecon.errors import ShapeError
+
+
+def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """Per-pixel NLL of eq. 4. ``target, mean: (B, 3, H, W)``, ``log_sigma: (B, H, W)`` -> ``(B, H, W)``."""
+    sq = (target - mean).pow(2).sum(dim=1)
+    return sq * torch.exp(-2.0 * log_sigma) + 2.0 * log_sigma
+
+
+def absent_penalty(log_sigma: torch.Tensor) -> torch.Tensor:
+    """Per-pixel penalty of eq. 5, ``1 / sigma``: ``(B, H, W)`` -> ``(B, H, W)``."""
+    return torch.exp(-log_sigma)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values: (B, H, W)`` over ``mask: (B, H, W)`` per image -> ``(B,)`` (0 where empty)."""
+    m = mask.to(values.dtype)
+    return (values * m).sum(dim=(-1, -2)) / m.sum(dim=(-1, -2)).clamp_min(1.0)
+
+
+def scr_loss(
+    output: torch.Tensor,
+    entry_norm: torch.Tensor,
+    exit_norm: torch.Tensor,
+    bone_mask: torch.Tensor,
+    absent_weight: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """Seed 002's loss per image.
+
+    Args:
+        output: ``(B, 8, H, W)`` network output (see
+            :class:`~xrecon.methods.scr.network.SceneCoordinateNet`).
+        entry_norm, exit_norm: ``(B, 3, H, W)`` true scene coordinates,
+            normalised units; values outside ``bone_mask`` are ignored (may be NaN).
+        bone_mask: ``(B, H, W)`` bool, True where the pixel's ray meets bone.
+        absent_weight: weight of the non-existent term.
+
+    Returns:
+        ``{"loss": (B,), "nll": (B,), "absent": (B,), "error_norm": (B,)}`` where
+        ``error_norm`` is the mean entry/exit distance on bone pixels
+        (normalised units; a diagnostic, no gradient).
+    """
+    if output.ndim != 4 or output.shape[1] != 8:
+        raise ShapeError("output", "(B, 8, H, W)", tuple(output.shape))
+    b, _, h, w = output.shape
+    for name, t in (("entry_norm", entry_norm), ("exit_norm", exit_norm)):
+        if tuple(t.shape) != (b, 3, h, w):
+            raise ShapeError(name, f"({b}, 3, {h}, {w})", tuple(t.shape))
+    if tuple(bone_mask.shape) != (b, h, w):
+        raise ShapeError("bone_mask", f"({b}, {h}, {w})", tuple(bone_mask.shape))
+    mask = bone_mask.bool()
+    keep = mask[:, None]
+    zero = torch.zeros((), dtype=output.dtype, device=output.device)
+    nll = absent = 0.0
+    err = []
+    for target, sl in ((entry_norm, slice(0, 4)), (exit_norm, slice(4, 8))):
+        target = torch.where(keep, target.to(output.dtype), zero)  # NaN outside the bone never reaches a gradient
+        mean, log_sigma = output[:, sl][:, :3], output[:, sl][:, 3]
+        nll = nll + _masked_mean(gaussian_nll(target, mean, log_sigma), mask)
+        absent = absent + _masked_mean(absent_penalty(log_sigma), ~mask)
+        with torch.no_grad():
+            err.append(_masked_mean((target - mean).norm(dim=1), mask))
+    return {"loss": nll + absent_weight * absent, "nll": nll, "absent": absent, "error_norm": (err[0] + err[1]) / 2}
