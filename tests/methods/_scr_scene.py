@@ -61,3 +61,25 @@ def surface_points(n: int = 500, seed: int = 0, centre_mm=CENTRE_MM, radii_mm=RA
     p = g.normal(size=(n, 3))
     p /= np.linalg.norm(p, axis=1, keepdims=True)
     return p * np.asarray(radii_mm) + np.asarray(centre_mm)
+
+
+class EllipsoidDataset(torch.utils.data.Dataset):
+    """Samples in the layout of :mod:`xrecon.methods.scr.data`: exact ellipsoid
+    scene coordinates seen from ``n`` random views."""
+
+    def __init__(self, n: int, size: int = 32, seed: int = 0):
+        self.camera = camera_at(n, size=size, seed=seed)
+        self.entry, self.exit, self.mask, self.image = ellipsoid_scene(self.camera)
+
+    def __len__(self) -> int:
+        return len(self.camera)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": torch.tensor(self.image[i], dtype=torch.float32)[None],
+            "entry_world": torch.tensor(self.entry[i], dtype=torch.float32).permute(2, 0, 1),
+            "exit_world": torch.tensor(self.exit[i], dtype=torch.float32).permute(2, 0, 1),
+            "bone_mask": torch.tensor(self.mask[i]),
+            "K": self.camera.K[i],
+            "world_to_cam": self.camera.world_to_cam[i],
+        }

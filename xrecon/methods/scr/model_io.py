@@ -21,6 +21,7 @@ for humans and for the README.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,7 @@ def load_scr_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
         payload = torch.load(path, map_location=device, weights_only=False)
     except FileNotFoundError as exc:
         raise InputError("model file not found", path) from exc
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
         raise InputError(f"cannot read the model file ({exc.__class__.__name__}: {exc})", path) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"not a patient-specific SCR model (no '{FORMAT}' format tag); "

@@ -138,10 +138,18 @@ class SceneCoordinateNet(nn.Module):
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> SceneCoordinates:
         """``image: (B, 1, H, W)`` -> :class:`SceneCoordinates` in world mm."""
-        out = self(image).float()
-        entry = self.denormalize(out[:, 0:3].permute(0, 2, 3, 1))
-        exit_ = self.denormalize(out[:, 4:7].permute(0, 2, 3, 1))
-        return SceneCoordinates(entry, exit_, out[:, 3], out[:, 7], float(self.scale_mm))
+        return coordinates_from_output(self(image), self.normalizer)
+
+
+def coordinates_from_output(output: torch.Tensor, normalizer: CoordinateNormalizer) -> SceneCoordinates:
+    """Raw network output ``(B, 8, H, W)`` (normalised) -> :class:`SceneCoordinates` (world mm)."""
+    if output.ndim != 4 or output.shape[1] != 8:
+        raise ShapeError("output", "(B, 8, H, W)", tuple(output.shape))
+    out = output.detach().float()
+    centre = torch.tensor(normalizer.centre_mm, dtype=out.dtype, device=out.device)
+    entry = out[:, 0:3].permute(0, 2, 3, 1) * normalizer.scale_mm + centre
+    exit_ = out[:, 4:7].permute(0, 2, 3, 1) * normalizer.scale_mm + centre
+    return SceneCoordinates(entry, exit_, out[:, 3], out[:, 7], float(normalizer.scale_mm))
 
 
 def log_variance(log_sigma: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,97 @@
+"""SCR training through the shared loop, the model file, and register_scr, on
+tiny synthetic ellipsoid scenes (exact scene coordinates)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _scr_scene import CENTRE_MM, EllipsoidDataset, surface_points  # noqa: E402
+
+from xrecon.errors import InputError  # noqa: E402
+from xrecon.methods.scr.model_io import load_scr_model  # noqa: E402
+from xrecon.methods.scr.network import CoordinateNormalizer  # noqa: E402
+from xrecon.methods.scr.predict import SCRInferenceConfig, register_scr  # noqa: E402
+from xrecon.methods.scr.train import SCRNetConfig, train_scr  # noqa: E402
+from xrecon.train import TrainConfig  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _run(out, epochs):
+    tr, va = EllipsoidDataset(24, seed=0), EllipsoidDataset(4, seed=1)
+    cfg = TrainConfig(out_dir=str(out), epochs=epochs, batch_size=8, lr=3e-3, warmup_steps=0, progress=False,
+                      num_threads=1, schedule="constant")
+    return train_scr(
+        tr, va, normalizer=CoordinateNormalizer.from_points(surface_points()), camera=tr.camera[0],
+        targets_world=surface_points(8, seed=9), target_names=[f"t{i}" for i in range(8)], train_config=cfg,
+        net_config=SCRNetConfig(base_channels=8, levels=3), inference=SCRInferenceConfig(reproj_threshold_px=2.0),
+        ct_info={"path": "<ellipsoid>", "sha256": "0" * 64, "structures": ["ellipsoid"]},
+        run_info={"command": "test"})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("scr")
+    path, result = _run(out, epochs=6)
+    return out, path, result
+
+
+def test_training_lowers_the_loss_and_writes_the_run_files(trained):
+    out, path, result = trained
+    hist = result.history
+    assert len(hist) == 6
+    assert hist[-1]["train"]["loss"] < hist[0]["train"]["loss"]
+    assert hist[-1]["train"]["coord_error_mm"] < 0.7 * hist[0]["train"]["coord_error_mm"]
+    assert {"mtre_clipped_mm", "gfr10", "pnp_success"} <= set(hist[-1]["val_metrics"])
+    for name in ("config.json", "history.json", "curves.png", "checkpoints/last.pt", "scr.pt", "scr.json"):
+        assert (out / name).exists(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["run_info"]["method"] == "scr" and cfg["train_config"]["monitor"] == "mtre_clipped_mm"
+
+
+def test_training_resumes_from_the_last_checkpoint(trained, caplog):
+    out, _, result = trained
+    import logging
+
+    caplog.set_level(logging.INFO)
+    _, more = _run(out, epochs=7)
+    assert len(more.history) == 7 and more.history[:6] == result.history
+    assert "resumed" in caplog.text
+
+
+def test_model_file_round_trip_and_register(trained):
+    out, path, _ = trained
+    model, info = load_scr_model(path)
+    assert np.allclose(model.normalizer.centre_mm, CoordinateNormalizer.from_points(surface_points()).centre_mm)
+    assert info.camera.height == 32 and info.targets_world.shape == (8, 3) and info.ct["structures"] == ["ellipsoid"]
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert side["format"] == "xrecon-scr" and "state_dict" not in side
+    ds = EllipsoidDataset(1, seed=7)
+    res = register_scr(ds.image[0], ds.camera[0], path)
+    assert res.world_to_cam.shape == (4, 4) and res.timings_s["network"] > 0
+    assert res.success == np.isfinite(res.world_to_cam).all()
+    d = res.to_dict()
+    assert json.loads(json.dumps(d))["frame"].startswith("world_to_cam")
+    # an image of another size than its camera is refused, and refinement needs the CT
+    with pytest.raises(InputError):
+        register_scr(ds.image[0][:16], ds.camera[0], path)
+    with pytest.raises(InputError, match="needs the CT"):
+        register_scr(ds.image[0], ds.camera[0], path, refine=True)
+
+
+def test_loading_something_else_fails_clearly(tmp_path):
+    bad = tmp_path / "x.pt"
+    torch.save({"weights": 1}, bad)
+    with pytest.raises(InputError, match="not a patient-specific SCR model"):
+        load_scr_model(bad)
+    with pytest.raises(InputError, match="not found"):
+        load_scr_model(tmp_path / "missing.pt")
+    (tmp_path / "t.pt").write_bytes(b"\x00" * 10)
+    with pytest.raises(InputError, match="cannot read"):
+        load_scr_model(tmp_path / "t.pt")

@@ -1,0 +1,186 @@
+"""Training a patient-specific SCR model with the shared loop (:mod:`xrecon.train.loop`).
+
+The method supplies the network, the seed-002 loss and a per-epoch validation
+metric (PnP on the predicted correspondences, mTRE against the true pose);
+the loop supplies seeding, checkpoints that resume, DDP under ``torchrun``,
+``config.json``, ``history.json`` and ``curves.png``. At the end the best
+epoch's weights are written as a self-contained model file
+(:mod:`xrecon.methods.scr.model_io`).
+
+Batches are dicts (see :mod:`xrecon.methods.scr.data`):
+``image (B, 1, H, W)``, ``entry_world`` / ``exit_world (B, 3, H, W)`` (world
+mm, NaN off the bone), ``bone_mask (B, H, W)``, ``K (B, 3, 3)``,
+``world_to_cam (B, 4, 4)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from xrecon.geometry import Camera
+from xrecon.methods.scr.loss import scr_loss
+from xrecon.methods.scr.model_io import SCRModelInfo, save_scr_model
+from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet, coordinates_from_output
+from xrecon.methods.scr.predict import SCRInferenceConfig, pose_from_correspondences, scene_correspondences
+
+log = logging.getLogger(__name__)
+
+#: mTRE above this counts as a gross failure (seed 002).
+GFR_THRESHOLD_MM = 10.0
+#: Failed or wild validation cases are clipped here so the per-epoch mean stays readable.
+MTRE_CLIP_MM = 50.0
+
+
+@dataclass(frozen=True)
+class SCRNetConfig:
+    """Network and loss settings.
+
+    Attributes:
+        base_channels, levels: U-Net size (CPU: 16 / 4; GPU 512 px: 32 / 5).
+        absent_weight: weight of the ``1 / sigma`` term on pixels without bone.
+        val_max_images: validation images that get a full PnP per epoch.
+    """
+
+    base_channels: int = 16
+    levels: int = 4
+    absent_weight: float = 1.0
+    val_max_images: int = 128
+
+
+def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0):
+    """``loss_fn(model, batch) -> (loss, logs)`` for :func:`xrecon.train.loop.train`."""
+    centre = torch.tensor(normalizer.centre_mm, dtype=torch.float32)
+    scale = float(normalizer.scale_mm)
+
+    def loss_fn(model, batch):
+        out = model(batch["image"])
+        c = centre.to(out.device)[None, :, None, None]
+        entry = (batch["entry_world"].to(out.dtype) - c) / scale
+        exit_ = (batch["exit_world"].to(out.dtype) - c) / scale
+        terms = scr_loss(out, entry, exit_, batch["bone_mask"], absent_weight)
+        logs = {"nll": terms["nll"].mean(), "absent": terms["absent"].mean(),
+                "coord_error_mm": terms["error_norm"].mean() * scale}
+        return terms["loss"].mean(), logs
+
+    return loss_fn
+
+
+def make_metrics_fn(normalizer: CoordinateNormalizer, targets_world: np.ndarray, height: int, width: int,
+                    inference: SCRInferenceConfig):
+    """Validation metrics per case: PnP on the predicted correspondences, then
+    ``mtre_clipped_mm`` (mTRE, failures and wild cases clipped at
+    :data:`MTRE_CLIP_MM`), ``gfr10`` (1 when mTRE > 10 mm or PnP failed) and
+    ``pnp_success``; the loop averages them over all validation cases."""
+    from xrecon.metrics.registration import mtre_mm
+
+    targets = torch.as_tensor(np.asarray(targets_world), dtype=torch.float64)
+
+    def metrics_fn(model, batch):
+        coords = coordinates_from_output(model(batch["image"]), normalizer)
+        K = batch["K"].detach().cpu().double()
+        gt = batch["world_to_cam"].detach().cpu().double()
+        est, ok = [], []
+        for i in range(K.shape[0]):
+            cam = Camera(K[i], gt[i], height, width)
+            res = pose_from_correspondences(scene_correspondences(coords, i, inference.use_exit), cam, inference)
+            est.append(torch.as_tensor(res.world_to_cam))
+            ok.append(res.success)
+        err = mtre_mm(torch.stack(est), gt, targets)
+        err = torch.where(torch.isfinite(err), err, torch.full_like(err, np.inf))
+        return {"mtre_clipped_mm": err.clamp(max=MTRE_CLIP_MM),
+                "gfr10": (err > GFR_THRESHOLD_MM).double(),
+                "pnp_success": torch.tensor(ok, dtype=torch.float64)}
+
+    return metrics_fn
+
+
+class _Capped(Dataset):
+    """The first ``n`` items of a dataset."""
+
+    def __init__(self, base: Dataset, n: int):
+        self.base, self.n = base, min(n, len(base))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        if i >= self.n:
+            raise IndexError(i)
+        return self.base[i]
+
+
+def train_scr(
+    train_set: Dataset,
+    val_set: Dataset | None,
+    *,
+    normalizer: CoordinateNormalizer,
+    camera: Camera,
+    targets_world: np.ndarray,
+    target_names: list[str],
+    train_config,
+    net_config: SCRNetConfig = SCRNetConfig(),
+    inference: SCRInferenceConfig = SCRInferenceConfig(),
+    model_path: str | Path | None = None,
+    ct_info: dict | None = None,
+    run_info: dict[str, Any] | None = None,
+):
+    """Train an SCR network and write the model file.
+
+    Args:
+        train_set, val_set: datasets of dict samples (see module docstring).
+        normalizer: bone-frame normalisation (from the bone model).
+        camera: the training detector at the network resolution (one view).
+        targets_world: ``(T, 3)`` mTRE targets (world mm); target_names: their names.
+        train_config: :class:`xrecon.train.loop.TrainConfig` (``monitor`` is
+            set to ``mtre_clipped_mm`` when there is a validation set and the
+            config monitors the loss).
+        net_config: :class:`SCRNetConfig`.
+        inference: PnP settings used for validation and stored in the model.
+        model_path: where to write the model (default ``out_dir/scr.pt``).
+        ct_info: ``{"path", "sha256", "structures"}`` recorded in the model.
+        run_info: extra facts for ``config.json`` (command line, dataset).
+
+    Returns:
+        ``(model_path, TrainResult)``.
+    """
+    from xrecon.train.loop import load_weights, train
+
+    if val_set is not None and train_config.monitor == "loss":
+        train_config = dataclasses.replace(train_config, monitor="mtre_clipped_mm", monitor_mode="min")
+    model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels)
+    val = _Capped(val_set, net_config.val_max_images) if val_set is not None else None
+    info_run = {"method": "scr", "net_config": dataclasses.asdict(net_config),
+                "inference": dataclasses.asdict(inference),
+                "normalizer": dataclasses.asdict(normalizer), **(run_info or {})}
+    result = train(model, make_loss_fn(normalizer, net_config.absent_weight), train_set, val, train_config,
+                   make_metrics_fn(normalizer, targets_world, camera.height, camera.width, inference)
+                   if val is not None else None, run_info=info_run)
+    if result.best_checkpoint is not None and Path(result.best_checkpoint).exists():
+        load_weights(model, result.best_checkpoint)
+    model.cpu().eval()
+    model_path = Path(model_path) if model_path else Path(train_config.out_dir) / "scr.pt"
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
+        return model_path, result
+    best = result.history[-1] if result.history else {}
+    info = SCRModelInfo(
+        network={"base_channels": net_config.base_channels, "levels": net_config.levels},
+        camera=Camera(camera.K[:1], torch.eye(4, dtype=torch.float64), camera.height, camera.width,
+                      camera.pixel_spacing_mm),
+        ct=dict(ct_info or {}),
+        targets_world=np.asarray(targets_world),
+        target_names=list(target_names),
+        inference=dataclasses.asdict(inference),
+        training={"out_dir": str(train_config.out_dir), "epochs_run": len(result.history),
+                  "best_monitor": result.best_value, "monitor": train_config.monitor,
+                  "last_epoch": best, **(run_info or {})},
+    )
+    save_scr_model(model_path, model, info)
+    return model_path, result
