@@ -77,6 +77,7 @@ class ShapeModel:
         landmark_names_: list of L names; landmark_vertex_ids_: ``(L,)`` vertex ids.
         training_scores_: ``(S, K)`` SD coefficients of the training shapes (may be empty).
         metadata_: dict (units, frame, source, split, anything JSON-serialisable).
+        extra_arrays_: dict of named arrays saved with the model (empty unless given to :meth:`save`).
     """
 
     def __init__(self, n_components: int | float | None = None, procrustes: str | None = "similarity",
@@ -142,6 +143,7 @@ class ShapeModel:
         self._set_landmarks(landmarks)
         self.training_to_model_ = shape_to_model
         self.training_scores_ = self._project(aligned)
+        self.extra_arrays_ = {}
         self.metadata_ = {"units": "mm", "frame": f"model frame ({self.procrustes or 'no'} Procrustes)",
                           "source": "ShapeModel.fit", "n_training_shapes": n_shapes}
         self.metadata_.update(metadata or {})
@@ -192,6 +194,7 @@ class ShapeModel:
         scores = np.zeros((0, len(var))) if training_scores is None else np.asarray(training_scores, np.float64)
         check_shape("training_scores", scores, (None, len(var)))
         model.training_scores_ = scores
+        model.extra_arrays_ = {}
         model.metadata_ = {"units": "mm", "frame": "published model frame", "source": "ShapeModel.from_pca"}
         model.metadata_.update(metadata or {})
         return model
@@ -339,9 +342,14 @@ class ShapeModel:
         return m
 
     # ------------------------------------------------------------------ I/O
-    def save(self, path: str | Path, dtype=np.float32) -> None:
-        """Write the model to one ``.npz`` file (atomically). ``dtype`` of the float arrays
-        (float32 halves the size; float64 keeps round trips exact)."""
+    def save(self, path: str | Path, dtype=np.float32, extra_arrays: dict | None = None) -> None:
+        """Write the model to one ``.npz`` file (atomically).
+
+        Args:
+            dtype: of the float arrays (float32 halves the size; float64 keeps round trips exact).
+            extra_arrays: optional ``{name: array}`` stored alongside (e.g. the scores of
+                held-out subjects); :meth:`load` returns them in ``extra_arrays_``.
+        """
         from xrecon.io import atomic_path
 
         self._check_fitted()
@@ -361,6 +369,8 @@ class ShapeModel:
             "training_scores": self.training_scores_.astype(dtype),
             "metadata_json": np.asarray(json.dumps(meta, default=_json_default)),
         }
+        for key, value in (extra_arrays or {}).items():
+            arrays[f"extra__{key}"] = np.asarray(value)
         with atomic_path(path, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, **arrays)
@@ -393,6 +403,7 @@ class ShapeModel:
             raise InputError(f"shape model file lacks {exc}", path) from exc
         except InputError as exc:
             raise InputError(exc.problem, path) from exc
+        model.extra_arrays_ = {k[len("extra__"):]: v for k, v in data.items() if k.startswith("extra__")}
         return model
 
     def __repr__(self) -> str:
