@@ -45,8 +45,9 @@ class AlignResult:
         src_to_dst: ``(4, 4)`` transform ``y = s R x + t`` (NaN on failure).
         scale: ``s`` (1.0 for rigid alignment).
         rmse_mm: RMS residual of the matched / inlier points (mm).
-        fitness: share of source points with a destination point within the
-            final correspondence distance (1.0 for known correspondence).
+        fitness: overlap after alignment: share of the points of one cloud
+            with a partner on the other (the better direction, so a partial
+            cloud inside a complete one scores 1); 1.0 for known correspondence.
         success: whether the transform is trustworthy.
         reason: why not (empty on success).
         time_s: wall time.
@@ -153,7 +154,7 @@ class AlignConfig:
         fine_icp_iterations: ICP iterations per refinement level.
         tukey_k: Tukey kernel width in units of the level's voxel size.
         max_points: cap on points per cloud at the finest level (random subset).
-        min_fitness: fewest share of source points matched for success.
+        min_fitness: smallest overlap (see :attr:`AlignResult.fitness`) accepted.
         seed: seeds subsampling and RANSAC.
     """
 
@@ -262,6 +263,25 @@ def _score(T: np.ndarray, src: np.ndarray, dst_tree, dst: np.ndarray, src_tree, 
     return float(d_ab.mean() + d_ba.mean())
 
 
+def _overlap(T: np.ndarray, src: np.ndarray, dst: np.ndarray, tol: float) -> tuple[float, float]:
+    """Share of points with a partner on the other surface, the better of both
+    directions (the partial or sparser cloud is the one covered), and the RMS
+    distance of the matched points. A point is matched within ``tol`` plus the
+    other cloud's typical sample spacing, so sparse clouds are not penalised."""
+    from scipy.spatial import cKDTree
+
+    moved = src @ T[:3, :3].T + T[:3, 3]
+    best = (0.0, float("nan"))
+    for a, b in ((moved, dst), (dst, moved)):
+        tree = cKDTree(b)
+        spacing = float(np.median(tree.query(b[: min(len(b), 2000)], k=2)[0][:, 1]))
+        d = tree.query(a)[0]
+        ok = d <= tol + spacing
+        if ok.mean() > best[0]:
+            best = (float(ok.mean()), float(np.sqrt((d[ok] ** 2).mean())))
+    return best
+
+
 def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
                    init_src_to_dst: np.ndarray | None = None, **overrides) -> AlignResult:
     """Align two samplings of the same surface without known correspondence.
@@ -349,11 +369,7 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
     if not np.isfinite(T).all():
         return _fail("ICP diverged (non-finite transform)", t0)
     s = float(np.cbrt(np.linalg.det(T[:3, :3])))
-    moved = np.asarray(s_pcd.points) @ T[:3, :3].T + T[:3, 3]
-    d = cKDTree(np.asarray(d_pcd.points)).query(moved)[0]
-    inl = d <= 3 * fine
-    fitness = float(inl.mean())
-    rmse = float(np.sqrt((d[inl] ** 2).mean())) if inl.any() else float("nan")
+    fitness, rmse = _overlap(T, np.asarray(s_pcd.points), np.asarray(d_pcd.points), 3 * fine)
     res = AlignResult(T, s, rmse, fitness, True, "", time.perf_counter() - t0, len(cands))
     if fitness < cfg.min_fitness:
         res.success, res.reason = False, (f"only {fitness:.0%} of source points lie near the destination after "

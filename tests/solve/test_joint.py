@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+
+from solve_scenes import apply, bone_like_points, planted_transform
+from xrecon.geometry import Camera, se3
+from xrecon.metrics.registration import mtre_mm
+from xrecon.solve.joint import JointConfig, solve_joint
+
+
+def _case(seed, outlier_share=0.3, n=1200):
+    rng = np.random.default_rng(seed)
+    world_to_cam = se3.from_euler(torch.tensor([90.0, rng.uniform(-45, 45), 0.0]),
+                                  torch.tensor(rng.normal(size=3) * 20 + [0, 0, 700.0]))
+    cam = Camera.from_detector(1020.0, 3.0, 128, 128, world_to_cam)
+    true = bone_like_points(n, seed)
+    uv = cam.project(torch.as_tensor(true))[0][0].numpy() + rng.normal(size=(n, 2)) * 0.5
+    pred = true + rng.normal(size=true.shape)
+    out = rng.random(n) < outlier_share
+    pred[out] = rng.uniform(true.min(0), true.max(0), size=(out.sum(), 3))
+    world_to_ct = planted_transform(seed + 10, lps_flip=True)
+    ct = apply(world_to_ct, bone_like_points(3000, seed + 50))
+    ct_to_cam = world_to_cam.numpy() @ np.linalg.inv(world_to_ct)
+    targets_ct = apply(world_to_ct, true[:40])
+    return cam, pred, uv, ct, ct_to_cam, targets_ct, world_to_cam.numpy(), true
+
+
+def test_ct_in_a_random_lps_frame_is_posed_in_the_camera():
+    cam, pred, uv, ct, ct_to_cam, targets_ct, _, _ = _case(0)
+    res = solve_joint(pred, uv, cam, ct_points=ct)
+    assert res.success, res.reason
+    assert float(mtre_mm(res.ct_to_cam, ct_to_cam, targets_ct)) < 2.0
+    assert abs(res.scale - 1.0) < 0.02
+    assert res.shape_cam.shape == ct.shape and np.allclose(res.shape_cam, apply(res.ct_to_cam, ct))
+    assert res.cost_history and res.cost_history[-1] <= res.cost_history[0]
+    assert res.reprojection_error_px < 2.0 and res.surface_residual_mm < 3.0
+
+
+def test_joint_refinement_improves_on_the_ct_pnp():
+    errs = {}
+    for refine in (False, True):
+        cam, pred, uv, ct, ct_to_cam, targets_ct, _, _ = _case(1)
+        res = solve_joint(pred, uv, cam, ct_points=ct, config=JointConfig(refine=refine))
+        assert res.success
+        errs[refine] = float(mtre_mm(res.ct_to_cam, ct_to_cam, targets_ct))
+    assert errs[True] < errs[False]
+
+
+def test_without_ct_poses_the_predicted_points():
+    cam, pred, uv, _, _, _, world_to_cam, true = _case(2, outlier_share=0.0)
+    res = solve_joint(pred, uv, cam)
+    assert res.success and np.isnan(res.ct_to_cam).all()
+    assert float(mtre_mm(res.model_to_cam, world_to_cam, true)) < 5.0
+    assert np.allclose(res.shape_cam, apply(res.model_to_cam, pred[res.inliers]))
+
+
+@pytest.mark.parametrize("case", ["pnp_fails", "ct_too_small", "ct_flat"])
+def test_degenerate_inputs_fail_with_reason(case):
+    cam, pred, uv, ct, _, _, _, _ = _case(3, n=300)
+    if case == "pnp_fails":
+        uv[:] = np.nan
+    elif case == "ct_too_small":
+        ct = ct[:5]
+    elif case == "ct_flat":
+        ct[:, 2] = 0.0
+    res = solve_joint(pred, uv, cam, ct_points=ct)
+    assert not res.success and res.reason
+    assert np.isnan(res.ct_to_cam).all()

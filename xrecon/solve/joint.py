@@ -1,0 +1,275 @@
+"""CT-to-camera pose from predicted correspondences: PnP + 3D alignment + joint refinement.
+
+Inputs are what a correspondence network predicts for one X-ray: 3D points
+``points_model`` in some *model* frame (scene coordinates, a reconstructed
+surface), the pixels ``points_2d`` they were predicted at, and a confidence per
+point; plus the camera intrinsics and, optionally, the patient's CT bone surface
+``ct_points`` in the CT's own frame (any rotation, any origin, LPS or RAS).
+
+Without a CT: ``model_to_cam`` by :func:`~xrecon.solve.pnp.solve_pnp`; the posed
+shape is the predicted points in the camera frame.
+
+With a CT (:func:`solve_joint`):
+
+1. ``model_to_cam`` by PnP (its inliers select trustworthy predictions);
+2. ``ct_to_model`` by correspondence-free surface alignment of the CT points to
+   the inlier predictions (:func:`~xrecon.solve.align3d.align_surfaces`, with
+   scale by default, because a single-view reconstruction's size is uncertain);
+3. the CT's known size fixes the scale (../shared/DATA.md): every inlier
+   prediction is snapped to its nearest CT surface point, and ``ct_to_cam`` is
+   solved by PnP from those *CT* points and the predicted pixels (no similarity
+   is ever composed into a pose);
+4. joint refinement of ``ct_to_cam`` (rigid) and ``model_to_ct`` (similarity)
+   by robust least squares (scipy ``least_squares``, soft-L1 loss), residuals
+   (a) reprojection of ``ct_to_cam @ model_to_ct @ p_i`` against the predicted
+   pixel, in units of ``sigma_px``, and (b) point-to-plane distance of
+   ``model_to_ct @ p_i`` to the CT surface, in units of ``sigma_mm``; both
+   weighted by the confidences, nearest-surface matches re-found between rounds.
+
+All poses are ``(4, 4)`` ``a_to_b`` matrices acting on column vectors
+(:mod:`xrecon.geometry`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xrecon.errors import ShapeError
+from xrecon.solve.align3d import AlignConfig, AlignResult, align_surfaces
+from xrecon.solve.pnp import PnPConfig, PnPResult, intrinsics_matrix, reprojection_errors_px, solve_pnp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    """Settings of :func:`solve_joint`.
+
+    Attributes:
+        pnp: PnP settings (both PnP solves).
+        align: 3D alignment settings (CT surface to the predictions); scale on
+            by default.
+        refine: run the joint least-squares refinement.
+        sigma_px: reprojection residual unit (expected prediction error, px).
+        sigma_mm: 3D residual unit (expected surface error of predictions, mm).
+        snap_distance_mm: a prediction farther than this from the aligned CT
+            surface is not used for the CT PnP / refinement.
+        refine_rounds: nearest-surface re-association rounds.
+        max_nfev: function evaluations per round.
+    """
+
+    pnp: PnPConfig = field(default_factory=PnPConfig)
+    align: AlignConfig = field(default_factory=lambda: AlignConfig(with_scale=True))
+    refine: bool = True
+    sigma_px: float = 1.0
+    sigma_mm: float = 1.0
+    snap_distance_mm: float = 5.0
+    refine_rounds: int = 3
+    max_nfev: int = 50
+
+
+@dataclass
+class JointResult:
+    """Outcome of :func:`solve_joint`.
+
+    Attributes:
+        ct_to_cam: ``(4, 4)`` rigid CT-to-camera pose (NaN without a CT or on failure).
+        model_to_cam: ``(4, 4)`` rigid model-to-camera pose from the first PnP.
+        ct_to_model: ``(4, 4)`` similarity CT-to-model (NaN without a CT).
+        scale: the similarity's scale (model size / CT size).
+        shape_cam: ``(M, 3)`` the posed shape in the camera frame: the CT points
+            under ``ct_to_cam`` when a CT is given, else the predicted points
+            under ``model_to_cam``.
+        inliers: ``(N,)`` predictions used in the final solve.
+        reprojection_error_px: mean reprojection error of the inliers (final pose).
+        surface_residual_mm: mean distance of the inlier predictions (mapped into
+            the CT frame) to the CT surface (NaN without a CT).
+        pnp, align, ct_pnp: the stage results, for diagnostics.
+        cost_history: robust cost after each refinement round.
+        success, reason, time_s: as for every solver.
+    """
+
+    ct_to_cam: np.ndarray
+    model_to_cam: np.ndarray
+    ct_to_model: np.ndarray
+    scale: float
+    shape_cam: np.ndarray
+    inliers: np.ndarray
+    reprojection_error_px: float
+    surface_residual_mm: float
+    pnp: PnPResult
+    align: AlignResult | None = None
+    ct_pnp: PnPResult | None = None
+    cost_history: list[float] = field(default_factory=list)
+    success: bool = False
+    reason: str = ""
+    time_s: float = 0.0
+
+
+def _apply(T: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return x @ T[:3, :3].T + T[:3, 3]
+
+
+def _inv_similarity(T: np.ndarray) -> np.ndarray:
+    s = float(np.cbrt(np.linalg.det(T[:3, :3])))
+    R = T[:3, :3] / s
+    out = np.eye(4)
+    out[:3, :3] = R.T / s
+    out[:3, 3] = -out[:3, :3] @ T[:3, 3]
+    return out
+
+
+def _rotvec_to_matrix(w: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(w).as_matrix()
+
+
+def _ct_normals(ct_points: np.ndarray, ct_normals: np.ndarray | None, tree) -> np.ndarray:
+    if ct_normals is not None:
+        n = np.asarray(ct_normals, np.float64)
+        return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    import open3d as o3d
+
+    pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(ct_points))
+    spacing = float(np.median(tree.query(ct_points[: min(len(ct_points), 2000)], k=2)[0][:, 1]))
+    pcd.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=6 * spacing, max_nn=30))
+    return np.asarray(pcd.normals)
+
+
+def _refine(ct_to_cam, model_to_ct, p_model, uv, w, K, ct_points, ct_normals, tree, cfg: JointConfig):
+    """Joint robust least squares; returns the refined poses and the cost per round."""
+    from scipy.optimize import least_squares
+
+    sw = np.sqrt(w)
+    history = []
+    A0, B0 = ct_to_cam.copy(), model_to_ct.copy()
+    for _ in range(cfg.refine_rounds):
+        q = _apply(B0, p_model)
+        _, j = tree.query(q)
+        c, nrm = ct_points[j], ct_normals[j]
+
+        def unpack(x):
+            A = np.eye(4)
+            A[:3, :3] = _rotvec_to_matrix(x[:3])
+            A[:3, 3] = x[3:6]
+            B = np.eye(4)
+            B[:3, :3] = np.exp(x[12]) * _rotvec_to_matrix(x[6:9])
+            B[:3, 3] = x[9:12]
+            return A @ A0, B @ B0
+
+        def residuals(x):
+            A, B = unpack(x)
+            q = _apply(B, p_model)
+            pc = _apply(A, q)
+            h = pc @ K.T
+            r2 = (h[:, :2] / np.maximum(h[:, 2:3], 1e-6) - uv) * (sw / cfg.sigma_px)[:, None]
+            r3 = ((q - c) * nrm).sum(1) * sw / cfg.sigma_mm
+            return np.concatenate([r2.ravel(), r3])
+
+        sol = least_squares(residuals, np.zeros(13), loss="soft_l1", f_scale=1.0, max_nfev=cfg.max_nfev,
+                            x_scale="jac")
+        A0, B0 = unpack(sol.x)
+        history.append(float(sol.cost))
+    return A0, B0, history
+
+
+def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None, ct_points=None,
+                ct_normals=None, ct_to_model_init=None, config: JointConfig | None = None) -> JointResult:
+    """Pose a CT (or the predicted shape) in the camera from predicted correspondences.
+
+    Args:
+        points_model: ``(N, 3)`` predicted 3D points (mm) in the model frame.
+        points_2d: ``(N, 2)`` their pixels ``(u, v)``.
+        camera: :class:`~xrecon.geometry.Camera` or ``(3, 3)`` intrinsics.
+        weights: ``(N,)`` confidences (higher = better), optional.
+        log_sigma: ``(N,)`` predicted log-variances, optional (see :mod:`~xrecon.solve.pnp`).
+        ct_points: ``(M, 3)`` CT bone surface points in the CT frame, optional.
+        ct_normals: ``(M, 3)`` their normals (estimated when omitted).
+        ct_to_model_init: ``(4, 4)`` extra starting guess for the alignment (e.g.
+            the identity when the model frame *is* the CT frame).
+        config: :class:`JointConfig`.
+
+    Returns:
+        :class:`JointResult`; ``success=False`` with a reason when a stage fails.
+    """
+    from scipy.spatial import cKDTree
+
+    t0 = time.perf_counter()
+    cfg = config or JointConfig()
+    p = np.asarray(points_model, np.float64)
+    uv = np.asarray(points_2d, np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ShapeError("points_model", "(N, 3)", p.shape)
+    if uv.shape != (len(p), 2):
+        raise ShapeError("points_2d", f"({len(p)}, 2)", uv.shape)
+    K = intrinsics_matrix(camera)
+    nan44 = np.full((4, 4), np.nan)
+
+    pnp = solve_pnp(p, uv, K, config=cfg.pnp, weights=weights, log_sigma=log_sigma)
+    res = JointResult(nan44, pnp.world_to_cam, nan44.copy(), float("nan"), np.zeros((0, 3)), pnp.inliers,
+                      pnp.reprojection_error_px, float("nan"), pnp)
+
+    def done(reason: str = "") -> JointResult:
+        res.success, res.reason, res.time_s = not reason, reason, time.perf_counter() - t0
+        if reason:
+            log.info("joint solve failed: %s", reason)
+        return res
+
+    if not pnp.success:
+        return done(f"PnP on the predictions failed: {pnp.reason}")
+    if ct_points is None:
+        res.shape_cam = _apply(pnp.world_to_cam, p[pnp.inliers])
+        return done()
+
+    ct = np.asarray(ct_points, np.float64)
+    if ct.ndim != 2 or ct.shape[1] != 3:
+        raise ShapeError("ct_points", "(M, 3)", ct.shape)
+    if ct_normals is not None and np.shape(ct_normals) != ct.shape:
+        raise ShapeError("ct_normals", f"{ct.shape}", np.shape(ct_normals))
+    finite = np.isfinite(ct).all(1)
+    ct = ct[finite]
+    if len(ct) < 10:
+        return done(f"the CT model has {len(ct)} finite points (need 10)")
+    ct_nrm = None if ct_normals is None else np.asarray(ct_normals, np.float64)[finite]
+
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    inl = pnp.inliers
+    align = align_surfaces(ct, p[inl], config=cfg.align, init_src_to_dst=ct_to_model_init)
+    res.align = align
+    if not align.success:
+        return done(f"aligning the CT surface to the predicted points failed: {align.reason}")
+    res.ct_to_model, res.scale = align.src_to_dst, align.scale
+    model_to_ct = _inv_similarity(align.src_to_dst)
+
+    # the CT fixes the scale: PnP again from the CT's own points
+    tree = cKDTree(ct)
+    dist, j = tree.query(_apply(model_to_ct, p))
+    use = inl & (dist <= cfg.snap_distance_mm * max(1.0, 1.0 / align.scale))
+    ct_pnp = solve_pnp(ct[j], uv, K, config=cfg.pnp,
+                       weights=np.where(use, np.maximum(w, 1e-12), 0.0))
+    res.ct_pnp = ct_pnp
+    if not ct_pnp.success:
+        return done(f"PnP from the matched CT points failed: {ct_pnp.reason}")
+    ct_to_cam = ct_pnp.world_to_cam
+    use &= ct_pnp.inliers
+
+    if cfg.refine and use.sum() >= 6:
+        normals = _ct_normals(ct, ct_nrm, tree)
+        ct_to_cam, model_to_ct, res.cost_history = _refine(
+            ct_to_cam, model_to_ct, p[use], uv[use], np.clip(w[use], 1e-12, None), K, ct, normals, tree, cfg)
+        res.ct_to_model = _inv_similarity(model_to_ct)
+        res.scale = float(np.cbrt(np.linalg.det(res.ct_to_model[:3, :3])))
+    if not np.isfinite(ct_to_cam).all():
+        return done("joint refinement diverged (non-finite pose)")
+
+    q = _apply(model_to_ct, p[use])
+    res.ct_to_cam = ct_to_cam
+    res.inliers = use
+    res.shape_cam = _apply(ct_to_cam, ct)
+    res.reprojection_error_px = float(reprojection_errors_px(ct_to_cam @ model_to_ct, p[use], uv[use], K).mean())
+    res.surface_residual_mm = float(tree.query(q)[0].mean())
+    return done()
