@@ -1,5 +1,8 @@
-"""Methods: each a network, its loss, its training set-up and its predict().
+"""Methods: each is a network, its loss, its training config and a predict()
+that turns an image into correspondences for the solvers (:mod:`xrecon.solve`).
 
-- :mod:`xrecon.methods.scr`: patient-specific scene coordinate regression (seed 002).
-- :mod:`xrecon.methods.baselines`: PoseNet and landmark heatmaps + PnP.
+* :mod:`xrecon.methods.scr` scene coordinate regression, patient-specific (seed 002).
+* :mod:`xrecon.methods.recon` patient-wide shape + pose from one X-ray, CT
+  registration through the reconstruction (seed 000, phase 2).
+* :mod:`xrecon.methods.baselines` PoseNet and landmark-heatmap baselines.
 """

@@ -1,0 +1,95 @@
+"""Loss and validation metrics of the reconstruction network.
+
+Terms (each a mean over the batch; coordinates in the network's normalised units):
+
+* ``coord``: Euclidean error of the entry and exit canonical coordinates on
+  bone pixels (an L1-like norm: robust to the few pixels grazing the surface);
+* ``sigma``: Laplace negative log-likelihood of that (detached) error under the
+  predicted sigma, ``e / sigma + log sigma``, so sigma learns to predict the
+  error without pulling on the coordinates (seed 002's uncertainty, decoupled
+  for stability);
+* ``mask``: binary cross-entropy of the bone mask;
+* ``shape``: mean vertex error (normalised mm) of the instance built from the
+  predicted coefficients on a fixed vertex subset, which weights each mode by
+  how far it moves the surface (mode 1, size, dominates), plus a small
+  squared error on the coefficients themselves (SD units) so the weak modes
+  are learnt too.
+
+A batch is a dict: ``image (B, 1, H, W)``, ``mask (B, H, W)``, ``canonical
+(B, 2, 3, H, W)`` (mm, model frame), ``shape_sd (B, K)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ReconLossWeights:
+    """Weights of the loss terms (see module docstring)."""
+
+    coord: float = 1.0
+    sigma: float = 0.1
+    mask: float = 0.2
+    shape: float = 1.0
+    shape_sd: float = 0.02
+
+
+class ReconLoss(nn.Module):
+    """``loss_fn(model, batch) -> (loss, logs)`` for :func:`xrecon.train.train`.
+
+    Args:
+        modes_mm: ``(K, P, 3)`` displacement of P sample vertices per +1 SD of each mode.
+        centre_mm: ``(3,)`` and ``scale_mm``: the network's coordinate normalisation.
+        weights: :class:`ReconLossWeights`.
+    """
+
+    def __init__(self, modes_mm: torch.Tensor, centre_mm, scale_mm: float,
+                 weights: ReconLossWeights = ReconLossWeights()):
+        super().__init__()
+        self.register_buffer("modes_mm", torch.as_tensor(modes_mm, dtype=torch.float32))
+        self.register_buffer("centre_mm", torch.as_tensor(centre_mm, dtype=torch.float32).reshape(1, 1, 3, 1, 1))
+        self.scale_mm = float(scale_mm)
+        self.weights = weights
+
+    def per_case(self, out, batch) -> dict[str, torch.Tensor]:
+        """Every term and error, one value per case ``(B,)``."""
+        mask = batch["mask"].float()  # (B, H, W)
+        target = (batch["canonical"].float() - self.centre_mm.to(out.coords)) / self.scale_mm  # (B, 2, 3, H, W)
+        err = (out.coords - target).norm(dim=2)  # (B, 2, H, W)
+        m2 = mask[:, None].expand_as(err)
+        n_fg = m2.sum(dim=(1, 2, 3)).clamp_min(1.0)
+        coord = (err * m2).sum(dim=(1, 2, 3)) / n_fg
+        nll = err.detach() * torch.exp(-out.log_sigma) + out.log_sigma
+        sigma = (nll * m2).sum(dim=(1, 2, 3)) / n_fg
+        mask_bce = F.binary_cross_entropy_with_logits(out.mask_logit, mask, reduction="none").mean(dim=(1, 2))
+        d_sd = out.shape_sd - batch["shape_sd"].float()
+        k = d_sd.shape[1]
+        vert = torch.einsum("bk,kpd->bpd", d_sd, self.modes_mm[:k].to(d_sd)).norm(dim=-1).mean(dim=1)
+        with torch.no_grad():
+            pred_mask = out.mask_logit > 0
+            inter = (pred_mask & (mask > 0.5)).sum(dim=(1, 2)).float()
+            union = (pred_mask | (mask > 0.5)).sum(dim=(1, 2)).float().clamp_min(1.0)
+        return {"coord": coord, "sigma": sigma, "mask": mask_bce, "shape": vert / self.scale_mm,
+                "shape_sd": (d_sd**2).mean(dim=1),
+                # reported in mm / SD, for people
+                "coord_mm": coord.detach() * self.scale_mm, "shape_mm": vert.detach(),
+                "size_sd_abs": d_sd[:, 0].detach().abs(), "mask_iou": (inter / union)}
+
+    def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
+        out = model(batch["image"])
+        terms = self.per_case(out, batch)
+        w = self.weights
+        loss = (w.coord * terms["coord"] + w.sigma * terms["sigma"] + w.mask * terms["mask"]
+                + w.shape * terms["shape"] + w.shape_sd * terms["shape_sd"]).mean()
+        logs = {k: v.detach().mean() for k, v in terms.items()}
+        return loss, logs
+
+    @torch.no_grad()
+    def metrics(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
+        """Per-case validation metrics (mm, SD, IoU) for :func:`xrecon.train.train`."""
+        terms = self.per_case(model(batch["image"]), batch)
+        return {k: terms[k] for k in ("coord_mm", "shape_mm", "size_sd_abs", "mask_iou")}

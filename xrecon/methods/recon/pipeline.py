@@ -1,0 +1,346 @@
+"""From one X-ray to a posed bone shape, and from there to a registered CT.
+
+:func:`reconstruct_image`
+    1. the network reads out dense canonical correspondences, their predicted
+       error and the shape coefficients (:mod:`~xrecon.methods.recon.predict`);
+    2. predictions that are uncertain or far from the mean surface are dropped;
+       the rest are snapped onto the mean surface and transferred to the
+       instance of the predicted coefficients (:meth:`ShapeSpace.transfer`):
+       SSM regularisation, every 3D point is a point of a plausible shape;
+    3. PnP + RANSAC (:func:`xrecon.solve.pnp.solve_pnp`) on (instance points,
+       pixels) gives ``model_to_cam``;
+    4. optionally pose and shape are refined together on the inliers
+       (:func:`~xrecon.methods.recon.fit.fit_pose_shape`);
+    5. the posed instance is the reconstruction; a fixed subset of its vertices,
+       projected, is the point cloud with image coordinates.
+
+:func:`register_ct_points`
+    the CT's bone surface (in the CT's own frame, any rotation / origin, LPS or
+    RAS) is aligned in 3D to the reconstruction (global init + ICP, with scale),
+    and the pose is solved again from the CT's *own* points matched to the
+    predicted pixels (:func:`xrecon.solve.joint.solve_joint`), so the CT's true
+    size fixes the depth.
+
+Frames: ``model`` = the shape model's frame (see :mod:`~xrecon.methods.recon.shape`),
+``cam`` = the OpenCV camera of the X-ray (:mod:`xrecon.geometry`), ``ct`` = the
+CT's world frame (RAS+ mm as read by :mod:`xrecon.anatomy.ct_io`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xrecon.geometry import Camera
+from xrecon.methods.recon.fit import fit_pose_shape
+from xrecon.methods.recon.network import ReconNet
+from xrecon.methods.recon.predict import DensePrediction, predict_dense
+from xrecon.methods.recon.shape import ShapeSpace, points_at
+from xrecon.solve.pnp import PnPConfig, intrinsics_matrix, solve_pnp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """Settings of :func:`reconstruct_image` and :func:`register_ct_points`.
+
+    Attributes:
+        mask_threshold: bone probability above which a pixel gives correspondences.
+        max_sigma_mm: drop predictions whose predicted error exceeds this.
+        max_offsurface_mm: drop canonical predictions farther than this from the mean surface.
+        reproj_threshold_net_px: RANSAC inlier threshold in pixels of the network's
+            grid (converted to the image's pixels).
+        pnp_max_points: most confident correspondences given to RANSAC.
+        refine_shape: refine pose and shape jointly after PnP.
+        size_prior_sd: prior spread (SD) of mode 1 (size) around the network's value.
+        shape_prior_sd: prior spread (SD) of the other modes around the network's values.
+        sigma_px_net: residual unit of the refinement (network pixels).
+        n_points: size of the output point cloud (vertex subset of the shape model).
+        min_inliers: fewer PnP inliers than this marks the result low-confidence.
+        min_inlier_ratio: so does a lower share of inliers.
+        seed: seeds RANSAC and subsets.
+    """
+
+    mask_threshold: float = 0.5
+    max_sigma_mm: float = 15.0
+    max_offsurface_mm: float = 10.0
+    reproj_threshold_net_px: float = 3.0
+    pnp_max_points: int = 1500
+    refine_shape: bool = True
+    size_prior_sd: float = 0.05
+    shape_prior_sd: float = 0.7
+    sigma_px_net: float = 1.5
+    n_points: int = 1000
+    min_inliers: int = 40
+    min_inlier_ratio: float = 0.3
+    seed: int = 0
+
+
+@dataclass
+class Reconstruction:
+    """A posed bone shape recovered from one X-ray.
+
+    Attributes:
+        model_to_cam: ``(4, 4)`` pose of the shape model frame in the camera (NaN on failure).
+        shape_sd: ``(K,)`` final shape coefficients (SD); ``shape_sd_network`` the network's.
+        vertices_model: ``(V, 3)`` the reconstructed shape in the model frame (mm).
+        faces: ``(F, 3)`` its triangles.
+        point_ids: ``(N,)`` vertex ids of the output point cloud.
+        points_uv: ``(N, 2)`` their projections (pixels of the input image).
+        points_confidence: ``(N,)`` in [0, 1]: how much image evidence supports each
+            point (share of nearby inlier correspondences; 0 outside the image).
+        corr_instance_mm: ``(M, 3)`` model-frame points of the correspondences used.
+        corr_uv: ``(M, 2)`` their pixels; ``corr_sigma_mm`` ``(M,)`` predicted errors;
+        corr_location: triangle ids / barycentrics of the correspondences on the model.
+        inliers: ``(M,)`` PnP inliers.
+        camera: the input camera (view 0).
+        success: a pose was found; ``reason`` why not.
+        confident: False when the evidence is weak; ``notes`` says why.
+        timings_s: wall time of each stage.
+    """
+
+    model_to_cam: np.ndarray
+    shape_sd: np.ndarray
+    shape_sd_network: np.ndarray
+    vertices_model: np.ndarray
+    faces: np.ndarray
+    point_ids: np.ndarray
+    points_uv: np.ndarray
+    points_confidence: np.ndarray
+    corr_instance_mm: np.ndarray
+    corr_uv: np.ndarray
+    corr_sigma_mm: np.ndarray
+    corr_triangle: np.ndarray
+    corr_barycentric: np.ndarray
+    inliers: np.ndarray
+    camera: Camera
+    success: bool
+    reason: str = ""
+    confident: bool = False
+    notes: list[str] = field(default_factory=list)
+    reprojection_error_px: float = float("nan")
+    timings_s: dict = field(default_factory=dict)
+    px_per_net_px: float = 1.0
+
+    @property
+    def vertices_cam(self) -> np.ndarray:
+        """``(V, 3)`` the posed reconstruction in the camera frame (mm)."""
+        T = self.model_to_cam
+        return self.vertices_model @ T[:3, :3].T + T[:3, 3]
+
+    @property
+    def points_model(self) -> np.ndarray:
+        return self.vertices_model[self.point_ids]
+
+    @property
+    def points_cam(self) -> np.ndarray:
+        return self.vertices_cam[self.point_ids]
+
+    def summary(self) -> dict:
+        """JSON-ready facts (no arrays)."""
+        return {"success": self.success, "reason": self.reason, "confident": self.confident,
+                "notes": list(self.notes), "n_correspondences": int(len(self.inliers)),
+                "n_inliers": int(self.inliers.sum()), "reprojection_error_px": self.reprojection_error_px,
+                "shape_sd": [round(float(x), 4) for x in self.shape_sd],
+                "shape_sd_network": [round(float(x), 4) for x in self.shape_sd_network],
+                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+
+
+def _empty(space: ShapeSpace, pred: DensePrediction, camera: Camera, reason: str, ids: np.ndarray,
+           timings: dict) -> Reconstruction:
+    nan44 = np.full((4, 4), np.nan)
+    b = pred.shape_sd
+    return Reconstruction(nan44, b, b, space.instance(b), space.faces, ids, np.full((len(ids), 2), np.nan),
+                          np.zeros(len(ids)), np.zeros((0, 3)), np.zeros((0, 2)), np.zeros(0),
+                          np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros(0, bool), camera, False, reason,
+                          False, [reason], float("nan"), timings)
+
+
+def _point_confidence(space: ShapeSpace, ids: np.ndarray, inlier_canonical: np.ndarray, uv: np.ndarray,
+                      camera: Camera, radius_mm: float = 10.0) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    if len(inlier_canonical) == 0:
+        return np.zeros(len(ids))
+    counts = np.array([len(n) for n in cKDTree(inlier_canonical).query_ball_point(space.mean_vertices[ids],
+                                                                                    radius_mm)])
+    conf = 1.0 - np.exp(-counts / 3.0)
+    inside = (uv[:, 0] >= -0.5) & (uv[:, 0] <= camera.width - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] <= camera.height - 0.5)
+    return np.where(inside, conf, 0.0)
+
+
+def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera: Camera,
+                                config: ReconConfig = ReconConfig()) -> Reconstruction:
+    """Steps 2-5 of the module docstring, from a network read-out."""
+    cfg = config
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    camera = camera[0]
+    ids = space.vertex_subset(cfg.n_points, seed=0)
+    keep = np.isfinite(pred.canonical_mm).all(1) & (pred.sigma_mm <= cfg.max_sigma_mm)
+    if keep.sum() < 6:
+        return _empty(space, pred, camera, f"the network found too little bone ({int(keep.sum())} usable "
+                      "correspondences): is there a pelvis in the image?", ids, timings)
+    where = space.locate_on_mean(pred.canonical_mm[keep])
+    near = where.distance_mm <= cfg.max_offsurface_mm
+    sel = np.flatnonzero(keep)[near]
+    tri, bary = where.triangle[near], where.barycentric[near]
+    b_net = pred.shape_sd
+    inst = space.instance(b_net)
+    loc = dataclasses.replace(where, triangle=tri, barycentric=bary, distance_mm=where.distance_mm[near])
+    p_inst = points_at(inst, space.faces, loc)
+    uv = pred.uv[sel]
+    sigma = pred.sigma_mm[sel]
+    timings["correspondences"] = time.perf_counter() - t0
+    if len(sel) < 6:
+        return _empty(space, pred, camera, f"only {len(sel)} correspondences lie on the shape model's surface",
+                      ids, timings)
+
+    px_per_net_px = camera.width / pred.net_camera.width
+    pnp_cfg = PnPConfig(reproj_threshold_px=cfg.reproj_threshold_net_px * px_per_net_px,
+                        max_points=cfg.pnp_max_points, seed=cfg.seed)
+    t1 = time.perf_counter()
+    pnp = solve_pnp(p_inst, uv, camera, config=pnp_cfg, weights=1.0 / np.maximum(sigma, 0.5))
+    timings["pnp"] = time.perf_counter() - t1
+    if not pnp.success:
+        rec = _empty(space, pred, camera, f"PnP failed: {pnp.reason}", ids, timings)
+        rec.corr_instance_mm, rec.corr_uv, rec.corr_sigma_mm = p_inst, uv, sigma
+        rec.corr_triangle, rec.corr_barycentric, rec.inliers = tri, bary, pnp.inliers
+        return rec
+    model_to_cam, b = pnp.world_to_cam, b_net.copy()
+    inl = pnp.inliers
+    reproj = pnp.reprojection_error_px
+    notes: list[str] = []
+    if cfg.refine_shape and inl.sum() >= 12:
+        t2 = time.perf_counter()
+        A = points_at(space.mean_vertices, space.faces, dataclasses.replace(loc))[inl]
+        vids = space.faces[tri[inl]]  # (M, 3)
+        Bm = np.einsum("mj,kmjd->mdk", bary[inl], space.modes_mm[:, vids])  # (M, 3, K)
+        prior = np.full(len(b_net), cfg.shape_prior_sd)
+        prior[0] = cfg.size_prior_sd
+        fit = fit_pose_shape(A, Bm, uv[inl], intrinsics_matrix(camera), model_to_cam, b_net, prior,
+                             weights=(np.median(sigma[inl]) / np.maximum(sigma[inl], 0.5)) ** 2,
+                             sigma_px=cfg.sigma_px_net * px_per_net_px)
+        timings["shape_fit"] = time.perf_counter() - t2
+        if fit.success:
+            model_to_cam, b, reproj = fit.model_to_cam, fit.shape_sd, fit.reprojection_error_px
+            inst = space.instance(b)
+            p_inst = points_at(inst, space.faces, loc)
+        else:
+            notes.append(f"pose+shape refinement skipped: {fit.reason}")
+    cam_pose = camera.with_pose(model_to_cam)
+    pts_uv = cam_pose.project(inst[ids])[0][0].numpy()
+    inlier_canon = pred.canonical_mm[sel][inl]
+    conf = _point_confidence(space, ids, inlier_canon, pts_uv, camera)
+    n_inl = int(inl.sum())
+    ratio = n_inl / max(pnp.n_used, 1)
+    if n_inl < cfg.min_inliers:
+        notes.append(f"few PnP inliers ({n_inl} < {cfg.min_inliers})")
+    if ratio < cfg.min_inlier_ratio:
+        notes.append(f"low inlier ratio ({ratio:.2f} < {cfg.min_inlier_ratio})")
+    if np.abs(b).max() >= 2.9:
+        notes.append("shape coefficients at the model's bound (unusual anatomy or not a pelvis?)")
+    timings["total"] = time.perf_counter() - t0
+    return Reconstruction(model_to_cam, b, b_net, inst, space.faces, ids, pts_uv, conf, p_inst, uv, sigma, tri,
+                          bary, inl, camera, True, "", not notes or notes[0].startswith("pose+shape"), notes,
+                          reproj, timings, px_per_net_px)
+
+
+def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
+                      config: ReconConfig = ReconConfig()) -> Reconstruction:
+    """Reconstruct the posed bone from ``image: (H, W)`` seen by ``camera`` (its intrinsics;
+    its pose is ignored)."""
+    t0 = time.perf_counter()
+    pred = predict_dense(net, image, camera, config.mask_threshold)
+    t_net = time.perf_counter() - t0
+    rec = reconstruct_from_prediction(pred, space, camera, config)
+    rec.px_per_net_px = camera.width / pred.net_camera.width
+    rec.timings_s["network"] = t_net
+    rec.timings_s["total"] = time.perf_counter() - t0
+    return rec
+
+
+@dataclass
+class CTRegistration:
+    """A CT posed in the X-ray's camera through the reconstruction.
+
+    Attributes:
+        ct_to_cam: ``(4, 4)`` rigid CT-to-camera pose (NaN on failure).
+        ct_to_model: ``(4, 4)`` similarity from the CT frame to the model frame.
+        scale: size of the reconstruction relative to the CT (1 = same size).
+        n_used: correspondences behind the final pose.
+        reprojection_error_px, surface_residual_mm: fit diagnostics.
+        success, reason, confident, notes: as for :class:`Reconstruction`.
+        timings_s: wall time.
+    """
+
+    ct_to_cam: np.ndarray
+    ct_to_model: np.ndarray
+    scale: float
+    n_used: int
+    reprojection_error_px: float
+    surface_residual_mm: float
+    success: bool
+    reason: str = ""
+    confident: bool = False
+    notes: list[str] = field(default_factory=list)
+    timings_s: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        return {"success": self.success, "reason": self.reason, "confident": self.confident,
+                "notes": list(self.notes), "scale_reconstruction_over_ct": self.scale, "n_used": self.n_used,
+                "reprojection_error_px": self.reprojection_error_px,
+                "surface_residual_mm": self.surface_residual_mm,
+                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
+
+
+def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: np.ndarray | None = None,
+                       config: ReconConfig = ReconConfig(), max_ct_points: int = 8000) -> CTRegistration:
+    """Pose a CT bone surface ``ct_points: (P, 3)`` (CT frame, mm) in the camera of ``rec``."""
+    from xrecon.solve.align3d import AlignConfig, align_surfaces
+    from xrecon.solve.joint import JointConfig, solve_joint
+
+    t0 = time.perf_counter()
+    nan44 = np.full((4, 4), np.nan)
+    if not rec.success:
+        return CTRegistration(nan44, nan44, float("nan"), 0, float("nan"), float("nan"), False,
+                              f"no reconstruction to register to: {rec.reason}")
+    ct = np.asarray(ct_points, np.float64)
+    rng = np.random.default_rng(config.seed)
+    if len(ct) > max_ct_points:
+        pick = rng.choice(len(ct), max_ct_points, replace=False)
+        ct = ct[pick]
+        ct_normals = None if ct_normals is None else np.asarray(ct_normals)[pick]
+    # global alignment of the CT surface to the *whole* reconstructed shape (more of
+    # the surface than the visible predictions) seeds the joint solver
+    align = align_surfaces(ct, rec.vertices_model[rng.choice(len(rec.vertices_model), 6000, replace=False)],
+                           config=AlignConfig(with_scale=True, seed=config.seed))
+    timings = {"align": time.perf_counter() - t0}
+    px = rec.px_per_net_px  # the joint solver works in the input image's pixels
+    jcfg = JointConfig(pnp=PnPConfig(reproj_threshold_px=config.reproj_threshold_net_px * px,
+                                     max_points=config.pnp_max_points, seed=config.seed),
+                       align=AlignConfig(with_scale=True, seed=config.seed), sigma_px=config.sigma_px_net * px,
+                       sigma_mm=2.0, snap_distance_mm=8.0)
+    inl = rec.inliers
+    t1 = time.perf_counter()
+    res = solve_joint(rec.corr_instance_mm[inl], rec.corr_uv[inl], rec.camera,
+                      weights=1.0 / np.maximum(rec.corr_sigma_mm[inl], 0.5), ct_points=ct, ct_normals=ct_normals,
+                      ct_to_model_init=align.src_to_dst if align.success else None, config=jcfg)
+    timings["joint"] = time.perf_counter() - t1
+    timings["total"] = time.perf_counter() - t0
+    notes = list(rec.notes)
+    if not res.success:
+        return CTRegistration(nan44, res.ct_to_model, res.scale, 0, float("nan"), float("nan"), False,
+                              res.reason, False, notes + [res.reason], timings)
+    n_used = int(res.inliers.sum())
+    if n_used < config.min_inliers:
+        notes.append(f"few CT correspondences ({n_used} < {config.min_inliers})")
+    if not (0.8 < res.scale < 1.25):
+        notes.append(f"the reconstruction is {res.scale:.2f} x the CT's size: is it the same bone?")
+    return CTRegistration(res.ct_to_cam, res.ct_to_model, float(res.scale), n_used, res.reprojection_error_px,
+                          res.surface_residual_mm, True, "", rec.confident and not notes[len(rec.notes):], notes,
+                          timings)
