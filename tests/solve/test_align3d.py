@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from xrecon.errors import InputError, ShapeError
-from solve_scenes import apply, bone_like_points, planted_transform
+from .solve_scenes import apply, bone_like_points, planted_transform
 from xrecon.solve.align3d import AlignConfig, align_surfaces, umeyama
 
 

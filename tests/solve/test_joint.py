@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from solve_scenes import apply, bone_like_points, planted_transform
+from .solve_scenes import apply, bone_like_points, planted_transform
 from xrecon.geometry import Camera, se3
 from xrecon.metrics.registration import mtre_mm
 from xrecon.solve.joint import JointConfig, solve_joint
