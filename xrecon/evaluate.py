@@ -1,0 +1,352 @@
+"""Evaluation harness: per-case registration errors, seed-002-style tables and plots.
+
+Input files (JSON; every pose an OpenCV ``world_to_cam`` 4x4, world = the CT's
+frame, RAS+ mm unless the file says otherwise; see :mod:`xrecon.geometry`):
+
+Ground truth::
+
+    {"frame": "world (RAS+ mm)",
+     "camera": {... Camera.to_dict() ...},          # optional default for all cases
+     "targets_world": [[x, y, z], ...],             # optional default for all cases
+     "cases": [{"case_id": "0001", "specimen": "cxr",
+                "world_to_cam": [[...4x4...]],
+                "targets_world": [[x, y, z], ...],   # optional if given at the top
+                "camera": {...}},                    # optional; needed for projected mTRE
+               ...]}
+
+Predictions (JSON, or CSV with columns ``case_id, time_s, m00 ... m33``; an
+empty or NaN pose means the method failed on that case)::
+
+    {"cases": [{"case_id": "0001", "world_to_cam": [[...]] | null, "time_s": 0.8}, ...]}
+
+A ground-truth case without a prediction counts as a failure (never dropped).
+
+Outputs of :func:`write_report` (all written atomically):
+
+* ``per_case.csv``: one row per case: ``case_id, specimen, success, mtre_mm,
+  projected_mtre_mm, rotation_deg, translation_mm, time_s``;
+* ``summary.json``: per specimen and ``all``: mTRE 25/50/95th percentiles,
+  mean, std, GFR at 10 and 5 mm, median projected mTRE, rotation and
+  translation errors, mean time per image;
+* ``summary.md``: the same as a markdown table (seed 002 layout);
+* ``error_histogram.png``, ``success_curve.png`` (share of cases with mTRE below
+  a threshold, per specimen).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from xrecon.errors import InputError
+from xrecon.metrics.aggregate import ErrorSummary, summarize_groups
+from xrecon.metrics.registration import (
+    mtre_mm,
+    projected_mtre_mm,
+    rotation_error_deg,
+    translation_error_mm,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GroundTruthCase:
+    """One test image: true pose ``(4, 4)``, targets ``(N, 3)`` world mm, and the
+    camera intrinsics ``K (3, 3)`` and pixel spacing when known."""
+
+    case_id: str
+    specimen: str
+    world_to_cam: np.ndarray
+    targets_world: np.ndarray
+    K: np.ndarray | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+
+
+@dataclass
+class PredictedCase:
+    """One prediction: pose ``(4, 4)`` (NaN when the method failed) and time per image."""
+
+    case_id: str
+    world_to_cam: np.ndarray
+    time_s: float = float("nan")
+
+
+@dataclass
+class EvaluationTable:
+    """Per-case rows and their summaries (per specimen, plus ``"all"``)."""
+
+    rows: list[dict]
+    mtre: dict[str, ErrorSummary]
+    projected_mtre: dict[str, ErrorSummary]
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_unmatched_predictions: int = 0
+
+
+# ------------------------------------------------------------------------------ reading
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read ({exc.strerror or exc})", path) from exc
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc})", path) from exc
+
+
+def _pose(value, path: Path, case_id: str, allow_missing: bool) -> np.ndarray:
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+        if allow_missing:
+            return np.full((4, 4), np.nan)
+        raise InputError(f"case {case_id!r} has no world_to_cam", path)
+    try:
+        T = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"case {case_id!r}: world_to_cam is not numeric ({exc})", path) from exc
+    if T.shape == (3, 4):
+        T = np.vstack([T, [0, 0, 0, 1]])
+    if T.shape != (4, 4):
+        raise InputError(f"case {case_id!r}: world_to_cam must be 4x4 (or 3x4), got shape {T.shape}", path)
+    if not allow_missing and not np.isfinite(T).all():
+        raise InputError(f"case {case_id!r}: true world_to_cam holds NaN or inf", path)
+    return T
+
+
+def load_ground_truth(path: str | Path) -> list[GroundTruthCase]:
+    """Read a ground-truth JSON (format in the module doc)."""
+    from xrecon.geometry import Camera
+
+    path = Path(path)
+    d = _read_json(path)
+    if not isinstance(d, dict) or not isinstance(d.get("cases"), list) or not d["cases"]:
+        raise InputError("ground truth needs a non-empty 'cases' list", path)
+    default_targets = d.get("targets_world")
+    default_camera = d.get("camera")
+    out, seen = [], set()
+    for i, c in enumerate(d["cases"]):
+        case_id = str(c.get("case_id", i))
+        if case_id in seen:
+            raise InputError(f"case id {case_id!r} appears twice", path)
+        seen.add(case_id)
+        targets = c.get("targets_world", default_targets)
+        if targets is None:
+            raise InputError(f"case {case_id!r} has no targets_world (and there is no default)", path)
+        targets = np.asarray(targets, dtype=np.float64).reshape(-1, 3) if len(targets) else np.zeros((0, 3))
+        if len(targets) == 0 or not np.isfinite(targets).all():
+            raise InputError(f"case {case_id!r}: targets_world must be a non-empty finite (N, 3) list", path)
+        cam_d = c.get("camera", default_camera)
+        K, spacing = None, None
+        if cam_d is not None:
+            cam = Camera.from_dict(cam_d, path)
+            K, spacing = cam.K[0].numpy(), cam.pixel_spacing_mm
+        out.append(GroundTruthCase(case_id, str(c.get("specimen", "all")),
+                                   _pose(c.get("world_to_cam"), path, case_id, False), targets, K, spacing))
+    return out
+
+
+def load_predictions(path: str | Path) -> dict[str, PredictedCase]:
+    """Read predictions from JSON or CSV (format in the module doc)."""
+    path = Path(path)
+    out: dict[str, PredictedCase] = {}
+    if path.suffix.lower() == ".csv":
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read ({exc.strerror or exc})", path) from exc
+        rows = list(csv.DictReader(io.StringIO(text)))
+        cols = [f"m{i}{j}" for i in range(4) for j in range(4)]
+        if not rows or "case_id" not in rows[0] or any(c not in rows[0] for c in cols):
+            raise InputError("prediction CSV needs columns case_id, m00 ... m33 (and optionally time_s)", path)
+        for r in rows:
+            vals = [r[c] for c in cols]
+            pose = None if all(v.strip() in ("", "nan", "NaN") for v in vals) else \
+                np.array([float(v) if v.strip() else np.nan for v in vals]).reshape(4, 4)
+            out[r["case_id"]] = PredictedCase(r["case_id"], _pose(pose, path, r["case_id"], True),
+                                              float(r.get("time_s") or "nan"))
+        return out
+    d = _read_json(path)
+    if not isinstance(d, dict) or not isinstance(d.get("cases"), list):
+        raise InputError("predictions need a 'cases' list", path)
+    for i, c in enumerate(d["cases"]):
+        case_id = str(c.get("case_id", i))
+        t = c.get("time_s")
+        out[case_id] = PredictedCase(case_id, _pose(c.get("world_to_cam"), path, case_id, True),
+                                     float("nan") if t is None else float(t))
+    return out
+
+
+# ------------------------------------------------------------------------------ scoring
+def evaluate_cases(predictions: dict[str, PredictedCase], ground_truth: list[GroundTruthCase]) -> EvaluationTable:
+    """Per-case errors of ``predictions`` against ``ground_truth`` and their summaries."""
+    rows = []
+    for gt in ground_truth:
+        pred = predictions.get(gt.case_id)
+        est = np.full((4, 4), np.nan) if pred is None else pred.world_to_cam
+        ok = bool(np.isfinite(est).all())
+        row = {
+            "case_id": gt.case_id,
+            "specimen": gt.specimen,
+            "success": ok,
+            "mtre_mm": float(mtre_mm(est, gt.world_to_cam, gt.targets_world)[0]),
+            "projected_mtre_mm": float("nan"),
+            "rotation_deg": float(rotation_error_deg(est, gt.world_to_cam)[0]),
+            "translation_mm": float(translation_error_mm(est, gt.world_to_cam)[0]),
+            "time_s": float("nan") if pred is None else pred.time_s,
+        }
+        if gt.K is not None:
+            row["projected_mtre_mm"] = float(
+                projected_mtre_mm(est, gt.world_to_cam, gt.targets_world, gt.K, gt.pixel_spacing_mm)[0])
+        rows.append(row)
+    unmatched = len(set(predictions) - {g.case_id for g in ground_truth})
+    if unmatched:
+        log.warning("%d predictions have no ground truth and are ignored", unmatched)
+    groups = [r["specimen"] for r in rows]
+    col = {k: np.array([r[k] for r in rows], dtype=np.float64)
+           for k in ("mtre_mm", "projected_mtre_mm", "rotation_deg", "translation_mm", "time_s")}
+    extra = {}
+    for name in sorted(set(groups)) + ["all"]:
+        sel = np.ones(len(rows), bool) if name == "all" else np.array([g == name for g in groups])
+
+        def med(v):
+            v = v[sel]
+            v = np.where(np.isfinite(v), v, np.inf)
+            return float(np.median(v)) if v.size else float("nan")
+
+        t = col["time_s"][sel]
+        extra[name] = {"median_rotation_deg": med(col["rotation_deg"]),
+                       "median_translation_mm": med(col["translation_mm"]),
+                       "mean_time_s": float(np.nanmean(t)) if np.isfinite(t).any() else float("nan")}
+    has_proj = np.isfinite(col["projected_mtre_mm"]).any() or any(g.K is not None for g in ground_truth)
+    proj = summarize_groups(col["projected_mtre_mm"], groups) if has_proj else {}
+    return EvaluationTable(rows, summarize_groups(col["mtre_mm"], groups), proj, extra, unmatched)
+
+
+# ------------------------------------------------------------------------------ writing
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.{digits}f}"
+
+
+def markdown_table(table: EvaluationTable) -> str:
+    """The seed-002-style table: per specimen mTRE 25/50/95th percentiles (mm),
+    GFR at 10 and 5 mm (%), median projected mTRE, rotation and translation
+    errors, time per image."""
+    head = ("| specimen | cases | mTRE p25 | mTRE p50 | mTRE p95 | mean +- std | GFR >10 mm | GFR >5 mm "
+            "| proj. mTRE p50 | rot. p50 (deg) | trans. p50 (mm) | time (s) |")
+    lines = [head, "|" + "---|" * 12]
+    for name, s in table.mtre.items():
+        p = table.projected_mtre.get(name)
+        e = table.extra.get(name, {})
+        lines.append(
+            f"| {name} | {s.n} | {_fmt(s.p25)} | {_fmt(s.p50)} | {_fmt(s.p95)} | {_fmt(s.mean)} +- {_fmt(s.std)} "
+            f"| {100 * s.gfr[10.0]:.1f} % | {100 * s.gfr[5.0]:.1f} % | {_fmt(p.p50) if p else '-'} "
+            f"| {_fmt(e.get('median_rotation_deg', float('nan')))} "
+            f"| {_fmt(e.get('median_translation_mm', float('nan')))} | {_fmt(e.get('mean_time_s', float('nan')), 3)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _plots(table: EvaluationTable, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from xrecon.io import atomic_path
+
+    mtre = np.array([r["mtre_mm"] for r in table.rows], dtype=np.float64)
+    specimens = sorted({r["specimen"] for r in table.rows})
+    finite = mtre[np.isfinite(mtre)]
+    top = max(20.0, float(np.percentile(finite, 99)) * 1.05) if finite.size else 20.0
+    paths = []
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.hist(np.clip(finite, 0, top), bins=40, range=(0, top), color="tab:blue")
+    for thr in (5.0, 10.0):
+        ax.axvline(thr, color="tab:red", ls="--", lw=1)
+    n_fail = int((~np.isfinite(mtre)).sum())
+    ax.set(xlabel="mTRE (mm, values above the axis end are clipped)", ylabel="cases",
+           title=f"mTRE of {len(mtre)} cases ({n_fail} failed, not shown)")
+    fig.tight_layout()
+    p = out_dir / "error_histogram.png"
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = np.linspace(0, top, 400)
+    groups = specimens + (["all"] if len(specimens) > 1 else [])
+    for name in groups:
+        v = mtre if name == "all" else mtre[[r["specimen"] == name for r in table.rows]]
+        v = np.where(np.isfinite(v), v, np.inf)
+        ax.plot(x, [(v <= t).mean() * 100 for t in x], label=name)
+    ax.set(xlabel="mTRE threshold (mm)", ylabel="cases registered within threshold (%)", ylim=(0, 100),
+           title="cumulative success")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    p = out_dir / "success_curve.png"
+    with atomic_path(p) as tmp:
+        fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    paths.append(p)
+    return paths
+
+
+def write_report(table: EvaluationTable, out_dir: str | Path, *, title: str = "Registration results",
+                 plots: bool = True) -> dict[str, Path]:
+    """Write ``per_case.csv``, ``summary.json``, ``summary.md`` and the plots
+    into ``out_dir``; returns the paths by name."""
+    from xrecon.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    fields = ["case_id", "specimen", "success", "mtre_mm", "projected_mtre_mm", "rotation_deg", "translation_mm",
+              "time_s"]
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    for r in table.rows:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    paths = {"per_case": out_dir / "per_case.csv", "summary_json": out_dir / "summary.json",
+             "summary_md": out_dir / "summary.md"}
+    atomic_write_text(paths["per_case"], buf.getvalue())
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, float) and not math.isfinite(x):
+            return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+        return x
+
+    summary = {
+        "title": title,
+        "metric_definitions": "docs/registration.md; mTRE in the camera frame (mm), projected mTRE on the detector (mm)",
+        "n_unmatched_predictions": table.n_unmatched_predictions,
+        "mtre_mm": {k: clean(v.to_dict()) for k, v in table.mtre.items()},
+        "projected_mtre_mm": {k: clean(v.to_dict()) for k, v in table.projected_mtre.items()},
+        "pose_errors": clean(table.extra),
+    }
+    atomic_write_text(paths["summary_json"], json.dumps(summary, indent=2))
+    atomic_write_text(paths["summary_md"], f"## {title}\n\n" + markdown_table(table))
+    if plots:
+        hist, curve = _plots(table, out_dir)
+        paths["error_histogram"], paths["success_curve"] = hist, curve
+    return paths
+
+
+def evaluate(predictions_path: str | Path, ground_truth_path: str | Path, out_dir: str | Path, *,
+             title: str = "Registration results", plots: bool = True) -> tuple[EvaluationTable, dict[str, Path]]:
+    """Read both files, score every case, write the report; returns the table and the paths."""
+    gt = load_ground_truth(ground_truth_path)
+    pred = load_predictions(predictions_path)
+    table = evaluate_cases(pred, gt)
+    return table, write_report(table, out_dir, title=title, plots=plots)
