@@ -191,36 +191,61 @@ def predict_poses(model: SceneCoordinateNet, images: torch.Tensor, camera: Camer
     return out
 
 
+def ct_fingerprint(ct) -> str:
+    """Content hash of a CT (voxels and affine) as recorded in SCR model files."""
+    from xrecon.anatomy.cache import hash_inputs
+
+    return hash_inputs(np.asarray(ct.data, dtype=np.float32), np.asarray(ct.voxel_to_world, dtype=np.float64))
+
+
+def _as_volume(x, reader):
+    if x is None:
+        return None
+    return reader(x) if isinstance(x, (str, Path)) else x
+
+
 def register_scr(image, camera: Camera | None, model_path: str | Path, ct=None, refine: bool = False, *,
-                 labels=None, config: SCRInferenceConfig | None = None, refine_options: dict | None = None,
+                 labels=None, config: SCRInferenceConfig | None = None, refine_config=None,
                  device: str = "cpu") -> SCRRegistration:
     """Register an X-ray to the CT a patient-specific SCR model was trained on.
 
     Args:
-        image: ``(H, W)`` X-ray (numpy / torch; bright bone as in a DRR or
-            inverted: the network was trained with inversion augmentation).
+        image: ``(H, W)`` X-ray (numpy / torch; bright bone as in a DRR or a
+            log-transformed X-ray; the network also saw inverted images).
         camera: the image's camera (intrinsics and size, pose ignored); ``None``
             uses the model's training detector (then the image must be that size).
         model_path: a model file from ``xrecon train scr`` (see
             :mod:`xrecon.methods.scr.model_io`).
-        ct: the CT (a :class:`~xrecon.anatomy.volume.Volume` or a path), needed
-            only for ``refine``; it must be the one the model was trained on
-            (checked by hash when the model recorded one).
+        ct: the CT (a :class:`~xrecon.anatomy.volume.Volume` or a path). Needed
+            for ``refine``; when given it must be the CT the model was trained on
+            (same voxels and affine, checked by content hash).
         refine: polish the PnP pose by intensity-based refinement against the
-            CT's DRR (:mod:`xrecon.solve.refine`).
-        labels: label map (Volume or path) for bone-only DRRs in refinement.
+            CT's DRR (:class:`xrecon.solve.refine.IntensityRefiner`).
+        labels: optional label map (Volume or path) to refine against a
+            bone-only DRR of the model's structures.
         config: inference settings; default: those stored in the model.
-        refine_options: keyword arguments for the refinement.
+        refine_config: :class:`xrecon.solve.refine.RefineConfig` (default: its CPU levels).
 
     Returns:
         :class:`SCRRegistration`. A failed PnP gives ``success=False`` with the
         reason and a NaN pose (refinement is then skipped).
+
+    Raises:
+        InputError: unreadable model, image / camera mismatch, a CT other than
+            the training CT, ``refine`` without a CT.
     """
+    from xrecon.anatomy.ct_io import read_ct, read_labels
     from xrecon.methods.scr.model_io import load_scr_model
 
     model, info = load_scr_model(model_path, device)
     if config is None:
         config = SCRInferenceConfig.from_dict(info.inference)
+    if refine and ct is None:
+        raise InputError("refinement needs the CT the model was trained on (pass ct=...)")
+    ct = _as_volume(ct, read_ct)
+    if ct is not None and info.ct.get("sha256") and ct_fingerprint(ct) != info.ct["sha256"]:
+        raise InputError(f"this CT is not the one the SCR model was trained on ({info.ct.get('path', '?')}); "
+                         "a patient-specific model registers only its own CT", ct.source)
     if camera is None:
         camera = info.camera
         log.info("no camera given: using the model's training detector (%dx%d px)", camera.height, camera.width)
@@ -242,26 +267,27 @@ def register_scr(image, camera: Camera | None, model_path: str | Path, ct=None, 
         details={"inference": dataclasses.asdict(config), "network_size_px": [net_h, net_w]},
     )
     if refine:
-        if ct is None:
-            raise InputError("refinement needs the CT (pass ct=...)")
-        if res.success:
-            t3 = time.perf_counter()
-            pose, ok, hist = refine_pose(image, camera, ct, res.world_to_cam, labels=labels, info=info,
-                                         **(refine_options or {}))
-            out.timings_s["refine"] = time.perf_counter() - t3
-            out.details["refine"] = hist
-            if ok:
-                out.world_to_cam = pose
-                out.refined = True
-        else:
+        if not res.success:
             out.details["refine"] = "skipped: PnP failed"
+            return out
+        structures = None
+        labels = _as_volume(labels, read_labels)
+        if labels is not None:
+            from xrecon.anatomy.labels import resolve_structures
+
+            names = info.ct.get("structures") or None
+            structures = list(resolve_structures(names, labels.label_names, np.unique(labels.data), labels.source))
+        from xrecon.solve.refine import IntensityRefiner
+
+        refiner = IntensityRefiner(ct, camera, labels=labels, structures=structures, config=refine_config)
+        ref = refiner.refine(torch.as_tensor(np.asarray(image), dtype=torch.float32).reshape(camera.height,
+                                                                                            camera.width),
+                             res.world_to_cam)
+        out.timings_s["refine"] = ref.time_s
+        out.details["refine"] = {"success": ref.success, "reason": ref.reason,
+                                 "similarity_init": ref.similarity_init, "similarity_final": ref.similarity_final,
+                                 "n_iterations": ref.n_iterations}
+        if ref.success:
+            out.world_to_cam = np.asarray(ref.world_to_cam).copy()
+            out.refined = True
     return out
-
-
-def refine_pose(image, camera: Camera, ct, init_world_to_cam: np.ndarray, *, labels=None, info=None, **options):
-    """Intensity refinement of ``init_world_to_cam`` against the CT's DRR.
-
-    Returns ``(world_to_cam (4, 4), success, history dict)``. Thin wrapper over
-    :mod:`xrecon.solve.refine` (filled in once that engine is available).
-    """
-    raise NotImplementedError
