@@ -1,0 +1,48 @@
+"""``xrecon register``: pose a CT in the camera of one X-ray."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xrecon.cli.common import handle_errors
+
+
+@handle_errors
+def register(
+    image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM / NumPy)."),
+    ct: Path = typer.Option(..., "--ct", help="CT volume (NIfTI / NRRD / MHA / DICOM folder), any frame."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the CT grid (default: bone by "
+                                                                  "HU threshold)."),
+    structures: Optional[str] = typer.Option(None, "--structures", help="Labels to use: names, ids or groups, "
+                                                                         "comma-separated (needs --labels)."),
+    camera: Optional[Path] = typer.Option(None, "--camera", help="Camera JSON (default: the image's sidecar)."),
+    sdd: Optional[float] = typer.Option(None, "--sdd", help="Source-to-detector distance (mm), without --camera."),
+    pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", help="Detector pixel size (mm)."),
+    refine: bool = typer.Option(False, "--refine", help="Refine the pose by intensity (DRR vs X-ray)."),
+    out: Path = typer.Option(Path("out/register"), "--out", help="Output folder."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Reconstruction model (default: shipped weights)."),
+) -> None:
+    """Register a CT to an X-ray through the patient-wide reconstruction.
+
+    Writes OUT/registration.json (ct_to_cam, and ct_to_cam_refined with --refine),
+    OUT/ct_bone_cam.ply and OUT/overlay.png (CT bone outline on the X-ray).
+    """
+    from xrecon import api
+    from xrecon.methods.recon.outputs import write_registration
+
+    result = api.register(image, camera, ct, labels=labels, structures=structures, refine=refine, sdd_mm=sdd,
+                          pixel_spacing_mm=pixel_spacing, model=model)
+    _net, _space, info = api._load_model(None if model is None else str(model))
+    files = write_registration(out, result, {"file": str(model or "shipped default"),
+                                             "command": info.get("command")})
+    reg = result.registration
+    typer.echo(f"registration: {'confident' if reg.confident else 'LOW CONFIDENCE: ' + '; '.join(reg.notes)}")
+    if refine:
+        ri = result.refine_info
+        typer.echo(f"refinement: similarity {ri.get('similarity_init', float('nan')):.4f} -> "
+                   f"{ri.get('similarity_final', float('nan')):.4f}"
+                   + ("" if ri.get("success") else f" (kept the initial pose: {ri.get('reason')})"))
+    for f in files:
+        typer.echo(f"wrote {f}")

@@ -1,0 +1,103 @@
+"""``xrecon train``: train the networks. ``recon`` (patient-wide reconstruction,
+this file) and ``scr`` (patient-specific scene coordinates, cli/train_scr.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from xrecon.cli.common import handle_errors
+
+app = typer.Typer(help="Train the networks (single process, or DDP under torchrun).", no_args_is_help=True)
+
+
+@app.command("recon")
+@handle_errors
+def recon(
+    out: Path = typer.Option(..., "--out", help="Output folder: data/, checkpoints/, config.json, history.json, "
+                                                 "curves.png, recon_model.pt (+ .json)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Folder holding train.h5 / val.h5 (default OUT/data); "
+                                                              "generated when missing."),
+    train_shapes: Optional[int] = typer.Option(None, help="Train-split subjects simulated (default: all)."),
+    random_shapes: int = typer.Option(0, help="Extra random draws from the shape model."),
+    views: int = typer.Option(24, help="Simulated views per training shape."),
+    val_shapes: Optional[int] = typer.Option(None, help="Validation-split subjects (default: all)."),
+    val_views: int = typer.Option(4, help="Views per validation shape (seed-002 protocol)."),
+    protocol: str = typer.Option("mixed", help="Training pose protocol: mixed | wide | seed002."),
+    image_size: int = typer.Option(128, help="Detector pixels (square)."),
+    epochs: int = typer.Option(20, help="Passes over the training set."),
+    batch_size: int = typer.Option(16, help="Images per step (per process under torchrun)."),
+    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up + cosine)."),
+    base_channels: int = typer.Option(16, help="U-Net width (CPU 16; GPU 32-64)."),
+    levels: int = typer.Option(4, help="U-Net levels (CPU 4; 256-512 px: 5)."),
+    threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
+    workers: int = typer.Option(0, help="Data loader worker processes."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda."),
+    time_limit_min: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes."),
+    no_augment: bool = typer.Option(False, "--no-augment", help="Turn off load-time domain randomisation."),
+    seed: int = typer.Option(0, help="Seed of the simulation, the weights and the sampling."),
+    simulate_only: bool = typer.Option(False, "--simulate-only", help="Simulate the data, then stop."),
+    resume: bool = typer.Option(True, help="Continue from OUT/checkpoints/last.pt when it exists."),
+) -> None:
+    """Train the patient-wide reconstruction network on simulated X-rays of shape-model instances.
+
+    Simulates OUT/data/{train,val}.h5 when missing (train split of the bundled
+    pelvis model, `--protocol` poses; validation split, seed-002 poses), then
+    trains and writes OUT/recon_model.pt. On GPUs, simulate first (one
+    process), then `torchrun --nproc_per_node=N -m xrecon.cli.main train recon ...`.
+    """
+    import logging
+    import os
+    import sys
+
+    import torch
+
+    from xrecon.errors import InputError
+    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset
+    from xrecon.methods.recon.train import train_recon
+    from xrecon.train import TrainConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    data_dir = data or out / "data"
+    paths = {"train": data_dir / "train.h5", "val": data_dir / "val.h5"}
+    specs = {
+        "train": ReconDataConfig(split="train", n_shapes=train_shapes, n_random_shapes=random_shapes,
+                                 views_per_shape=views, protocol=protocol, image_size=image_size, seed=seed),
+        "val": ReconDataConfig(split="val", n_shapes=val_shapes, views_per_shape=val_views, protocol="seed002",
+                               image_size=image_size, seed=seed + 1),
+    }
+    for split, path in paths.items():
+        if path.is_file():
+            continue
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError(f"{path} is missing: simulate the data in one process first "
+                             "(the same command with --simulate-only, without torchrun)")
+        typer.echo(f"simulating {split} data into {path} ...")
+        generate_dataset(path, specs[split])
+    if simulate_only:
+        typer.echo(f"data: {paths['train']}, {paths['val']}")
+        return
+    augment = None
+    if not no_augment:
+        from xrecon.methods.recon.data import XrayAugment
+
+        augment = XrayAugment()
+    cfg = TrainConfig(out_dir=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                      num_workers=workers, num_threads=threads, device=device, time_limit_min=time_limit_min,
+                      resume=resume, monitor="loss", warmup_steps=100)
+    path = train_recon(paths["train"], paths["val"], cfg, base_channels=base_channels, levels=levels,
+                       augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]))
+    typer.echo(f"model: {path}")
+    typer.echo(f"curves: {out / 'curves.png'}; history: {out / 'history.json'}")
+
+
+try:  # the scene-coordinate command lives in its own file (its owner's)
+    from xrecon.cli.train_scr import scr as _scr
+
+    app.command("scr")(_scr)
+except ModuleNotFoundError as _exc:  # pragma: no cover - absent in a partial checkout
+    if _exc.name != "xrecon.cli.train_scr":
+        raise

@@ -1,0 +1,211 @@
+"""The Python API of the product: one function per task.
+
+* :func:`reconstruct` -- one X-ray in, the bone's shape and pose in its camera out
+  (patient-wide, no training on the patient; seed 000 phase 2).
+* :func:`register` -- one X-ray and a CT of the same bone in, the CT-to-camera
+  pose out (the CT may be in any frame: any rotation, origin, LPS or RAS).
+
+Frames: the camera is OpenCV's (:mod:`xrecon.geometry`); the CT's frame is its
+own world frame as read (RAS+ mm; files stored LPS are converted on reading,
+so poses are ``ct_ras_to_cam``); the reconstruction's ``model`` frame is the
+shape model's (see :mod:`xrecon.methods.recon.shape`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from xrecon.errors import InputError
+from xrecon.geometry import Camera
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=4)
+def _load_model(path: str | None):
+    from xrecon.methods.recon.model_io import load_recon_model
+
+    return load_recon_model(path)
+
+
+def load_xray(image, camera=None, *, sdd_mm: float | None = None,
+              pixel_spacing_mm: float | None = None) -> tuple[np.ndarray, Camera]:
+    """An X-ray and its camera from what a user has.
+
+    Args:
+        image: a file path (PNG / TIFF / DICOM / ..., read by
+            :func:`xrecon.anatomy.xray_io.read_xray`) or an ``(H, W)`` array.
+        camera: a :class:`Camera`, a camera JSON path (``Camera.to_dict``
+            layout), or ``None`` (the image's sidecar JSON, or ``sdd_mm`` +
+            ``pixel_spacing_mm``).
+        sdd_mm, pixel_spacing_mm: detector geometry when there is no camera file.
+
+    Returns ``(image (H, W) float32, camera)``.
+    """
+    from xrecon.anatomy.xray_io import read_xray
+
+    cam = None
+    if isinstance(camera, Camera):
+        cam = camera
+    elif camera is not None:
+        cam = Camera.load(camera)
+    if isinstance(image, (str, Path)):
+        img, file_cam = _read_with_geometry(read_xray, image, cam, sdd_mm, pixel_spacing_mm)
+        cam = cam or file_cam
+        source = str(image)
+    else:
+        img = np.asarray(image, np.float32)
+        source = None
+        if img.ndim != 2:
+            raise InputError(f"expected a grey-level (H, W) image, got an array of shape {img.shape}")
+        if cam is None:
+            if sdd_mm is None or pixel_spacing_mm is None:
+                raise InputError("an image array needs a camera (or sdd_mm and pixel_spacing_mm)")
+            cam = Camera.from_detector(sdd_mm, pixel_spacing_mm, img.shape[0], img.shape[1])
+    if cam is None:
+        raise InputError("no camera: pass a camera JSON, or the detector's sdd_mm and pixel_spacing_mm", source)
+    if (cam.height, cam.width) != img.shape:
+        raise InputError(f"the image is {img.shape[0]}x{img.shape[1]} px but its camera describes "
+                         f"{cam.height}x{cam.width} px", source)
+    return img, cam
+
+
+def _read_with_geometry(read_xray, path, cam, sdd_mm, pixel_spacing_mm):
+    """read_xray with the geometry the user gave; with an explicit camera the file's own
+    geometry is not needed (pass the camera's so the reader does not insist on a sidecar)."""
+    if cam is not None:
+        return read_xray(path, sdd_mm=float(cam.sdd_mm[0]), pixel_spacing_mm=cam.pixel_spacing_mm[0])
+    return read_xray(path, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+
+
+def reconstruct(image, camera=None, *, sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
+                model: str | Path | None = None, config=None):
+    """Recover the bone's shape and pose from one X-ray.
+
+    Args:
+        image: X-ray file or ``(H, W)`` array (bone bright or dark; any intensity scale).
+        camera: :class:`Camera`, camera JSON path, or ``None`` (see :func:`load_xray`).
+        model: reconstruction model file (default: the shipped
+            ``xrecon/weights/recon_default.pt``).
+        config: :class:`xrecon.methods.recon.pipeline.ReconConfig`.
+
+    Returns:
+        :class:`xrecon.methods.recon.pipeline.Reconstruction` (``success``,
+        ``confident`` and ``notes`` say how far to trust it).
+    """
+    from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image
+
+    img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+    net, space, _info = _load_model(None if model is None else str(model))
+    return reconstruct_image(net, space, img, cam, config or ReconConfig())
+
+
+@dataclass
+class Registration:
+    """Result of :func:`register`.
+
+    Attributes:
+        ct_to_cam: ``(4, 4)`` CT (RAS+ world of the file) to camera, before refinement.
+        ct_to_cam_refined: the refined pose (``refine=True``), else ``None``.
+        reconstruction: the reconstruction the CT was registered through.
+        registration: the 3D alignment / PnP diagnostics.
+        bone: the CT's bone surface used (:class:`~xrecon.anatomy.bone.BoneModel`, CT frame).
+        camera: the X-ray's camera; image: the X-ray.
+        refine_info: refinement diagnostics (similarity before / after, iterations).
+    """
+
+    ct_to_cam: np.ndarray
+    ct_to_cam_refined: np.ndarray | None
+    reconstruction: object
+    registration: object
+    bone: object
+    camera: Camera
+    image: np.ndarray
+    refine_info: dict = field(default_factory=dict)
+
+    @property
+    def success(self) -> bool:
+        return bool(self.registration.success)
+
+    @property
+    def final_ct_to_cam(self) -> np.ndarray:
+        return self.ct_to_cam_refined if self.ct_to_cam_refined is not None else self.ct_to_cam
+
+
+def ct_bone(ct, labels=None, structures=None, *, threshold_hu: float | None = None):
+    """The CT's bone surface as a :class:`~xrecon.anatomy.bone.BoneModel` in the CT's frame.
+
+    With ``labels`` (a label map path or Volume on the CT grid): the union of
+    ``structures`` (names / ids / groups; default every label); a structure the
+    map lacks is an :class:`InputError`. Without: a HU threshold
+    (``threshold_hu``, default the anatomy module's).
+    """
+    from xrecon.anatomy import bone as bone_mod
+    from xrecon.anatomy.ct_io import read_labels
+    from xrecon.anatomy.volume import Volume
+
+    if labels is not None and not isinstance(labels, Volume):
+        labels = read_labels(labels, like=ct)
+    if labels is not None:
+        return bone_mod.bone_from_labels(labels, structures)
+    if structures is not None:
+        raise InputError("--structures needs a label map (--labels)")
+    kw = {} if threshold_hu is None else {"threshold_hu": threshold_hu}
+    return bone_mod.bone_from_threshold(ct, **kw)
+
+
+def register(image, camera, ct, labels=None, structures=None, refine: bool = False, *,
+             sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
+             model: str | Path | None = None, config=None, threshold_hu: float | None = None,
+             refine_config=None) -> Registration:
+    """Register a CT to one X-ray through the patient-wide reconstruction.
+
+    Args:
+        image, camera, sdd_mm, pixel_spacing_mm: the X-ray (see :func:`load_xray`).
+        ct: CT path (NIfTI / NRRD / DICOM folder) or :class:`~xrecon.anatomy.volume.Volume`.
+        labels: label map (path or Volume) on the CT grid; ``structures`` picks labels.
+        refine: also refine the pose by intensity (DRR of the CT against the X-ray).
+        model: reconstruction model file (default: the shipped weights).
+        config: :class:`xrecon.methods.recon.pipeline.ReconConfig`.
+        threshold_hu: bone threshold when no label map is given.
+        refine_config: :class:`xrecon.solve.refine.RefineConfig` of the intensity refinement.
+    """
+    from xrecon.anatomy.ct_io import read_ct
+    from xrecon.anatomy.volume import Volume
+    from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points
+
+    cfg = config or ReconConfig()
+    img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+    ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
+    bone = ct_bone(ct_vol, labels, structures, threshold_hu=threshold_hu)
+    net, space, _info = _load_model(None if model is None else str(model))
+    rec = reconstruct_image(net, space, img, cam, cfg)
+    pts, nrm = bone.sample_points(8000, seed=cfg.seed)
+    reg = register_ct_points(rec, pts, nrm, cfg)
+    out = Registration(reg.ct_to_cam, None, rec, reg, bone, cam[0], img)
+    if refine and reg.success:
+        out.ct_to_cam_refined, out.refine_info = refine_pose(img, cam[0], ct_vol, reg.ct_to_cam,
+                                                             config=refine_config)
+    return out
+
+
+def refine_pose(image: np.ndarray, camera: Camera, ct, ct_to_cam: np.ndarray, *, config=None,
+                progress: bool = False) -> tuple[np.ndarray | None, dict]:
+    """Intensity refinement of ``ct_to_cam`` (:class:`xrecon.solve.refine.IntensityRefiner`,
+    whole CT rendered, multiscale NCC, coarse to fine). Returns the refined pose
+    (``None`` when the refinement did not improve the similarity) and its diagnostics."""
+    import torch
+
+    from xrecon.solve.refine import IntensityRefiner
+
+    refiner = IntensityRefiner(ct, camera[0], config=config)
+    res = refiner.refine(torch.as_tensor(np.asarray(image, np.float32)), torch.as_tensor(ct_to_cam),
+                         progress=progress)
+    info = {"success": bool(res.success), "reason": res.reason, "similarity_init": float(res.similarity_init),
+            "similarity_final": float(res.similarity_final), "n_iterations": int(res.n_iterations),
+            "time_s": float(res.time_s)}
+    return (np.asarray(res.world_to_cam, np.float64) if res.success else None), info

@@ -1,0 +1,284 @@
+"""Training data of the reconstruction network: simulated X-rays of shape-model
+instances with their per-pixel canonical coordinates.
+
+Generation (:func:`generate_dataset`), for each shape of one subject split of
+the bundled shape model (train / val / test, fixed by ``shape_models``), plus
+optional random draws from the model:
+
+1. the instance mesh is placed in a patient frame (RAS+, mm, centred on the mean
+   shape's centroid) and turned once into a CT-like volume (bone shell,
+   trabecular interior, soft-tissue envelope) by
+   :func:`xrecon.anatomy.phantom.ct_from_mesh`;
+2. one DRR renderer is built per volume (:class:`xrecon.sim.drr.DrrRenderer`)
+   and renders ``views_per_shape`` C-arm poses drawn by
+   :func:`sample_world_to_cam` (seed 002's protocol or a wider one);
+3. every view's ground truth comes from ray casting the posed mesh
+   (:func:`xrecon.methods.recon.targets.view_targets`).
+
+Layout of the HDF5 file (one row per image, ``N`` rows, ``H = W = image_size``)::
+
+    image       (N, H, W)        float32  DRR line integrals (no augmentation)
+    mask        (N, H, W)        uint8    ray meets the bone
+    canonical   (N, 2, 3, H, W)  float16  entry / exit canonical coords, model frame, mm
+    shape_sd    (N, K)           float32  shape coefficients (SD) of the instance
+    world_to_cam (N, 4, 4)       float64  pose of the patient frame (RAS+) in the camera
+    model_to_cam (N, 4, 4)       float64  pose of the shape model frame in the camera
+    K           (N, 3, 3)        float64  intrinsics
+    subject     (N,)             int32    subject index (-1 for random draws)
+    attrs: config (JSON), shape_model, model_to_world (4x4), pixel_spacing_mm, frames
+
+Augmentation happens at load time (:class:`ReconH5Dataset`), so one file
+serves every epoch with new intensities.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from xrecon.errors import InputError
+from xrecon.geometry import Camera
+from xrecon.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+def pose_sampler(protocol: str):
+    """Pose sampler configs of a protocol name: ``seed002`` (seed 002's), ``wide``
+    (the simulator's GENERAL angles, tilt and roll, with seed 002's offsets and
+    source distance, so the depth prior matches the test protocol), ``mixed``
+    (half of each)."""
+    from xrecon.sim.poses import GENERAL, SEED002
+
+    wide = dataclasses.replace(GENERAL, source_to_isocentre_mm=None, offset_std_mm=SEED002.offset_std_mm)
+    return {"seed002": [SEED002], "wide": [wide], "mixed": [SEED002, wide]}[protocol]
+
+
+def sample_world_to_cam(n: int, protocol: str, rng: np.random.Generator, source_to_isocentre_mm: float,
+                        centre_world: np.ndarray = np.zeros(3)) -> np.ndarray:
+    """``n`` poses ``(n, 4, 4)`` (patient RAS+ frame to camera) around ``centre_world``
+    (:func:`xrecon.sim.poses.sample_poses`; a mixed protocol alternates its samplers)."""
+    from xrecon.sim.poses import sample_poses
+
+    samplers = pose_sampler(protocol)
+    out = np.zeros((n, 4, 4))
+    for j, sampler in enumerate(samplers):
+        rows = np.arange(j, n, len(samplers))
+        out[rows] = sample_poses(sampler, len(rows), centre_world, rng, source_to_isocentre_mm).world_to_cam.numpy()
+    return out
+
+
+@dataclass(frozen=True)
+class ReconDataConfig:
+    """What :func:`generate_dataset` writes.
+
+    Attributes:
+        split: subject split of the bundled shape model (``train``, ``val``, ``test``).
+        n_shapes: subjects used (first ``n_shapes`` of the split; ``None`` = all).
+        n_random_shapes: extra instances drawn from the model (``N(0, I)`` SD,
+            clipped to ``random_max_sd``); only for training data.
+        views_per_shape: simulated views of each shape.
+        protocol: ``"seed002"``, ``"wide"`` or ``"mixed"`` (:func:`pose_sampler`).
+        image_size: detector pixels (square): the DeepFluoro detector of
+            :mod:`xrecon.sim.detector` binned to this size (``cpu128`` at 128).
+        phantom_spacing_mm: voxel size of the CT-like volume.
+        render_spacing_mm: voxel size the renderer resamples to.
+        n_samples: samples per ray of the renderer.
+        shape_model: bundled shape model name.
+        seed: seeds poses, random shapes and phantoms.
+    """
+
+    split: str = "train"
+    n_shapes: int | None = None
+    n_random_shapes: int = 0
+    random_max_sd: float = 2.5
+    views_per_shape: int = 16
+    protocol: str = "mixed"
+    image_size: int = 128
+    phantom_spacing_mm: float = 2.0
+    render_spacing_mm: float = 2.5
+    n_samples: int = 128
+    shape_model: str = "pelvis"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.split not in ("train", "val", "test"):
+            raise InputError(f"split must be train, val or test, got {self.split!r}")
+        if self.protocol not in ("seed002", "wide", "mixed"):
+            raise InputError(f"protocol must be 'seed002', 'wide' or 'mixed', got {self.protocol!r}")
+
+    def detector(self):
+        """The detector preset (:func:`xrecon.sim.detector.preset_for_size`)."""
+        from xrecon.sim.detector import preset_for_size
+
+        return preset_for_size(self.image_size)
+
+    def camera(self) -> Camera:
+        """The detector's camera (pose = identity)."""
+        return self.detector().camera()
+
+
+def split_shapes(space_model, cfg: ReconDataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Shape coefficients ``(S, K)`` and subject ids ``(S,)`` (-1: random draw) of a config."""
+    scores = np.asarray(space_model.extra_arrays_["subject_scores"], np.float64)
+    ids = list(space_model.metadata_["split"][cfg.split])
+    if cfg.n_shapes is not None:
+        ids = ids[: cfg.n_shapes]
+    b = scores[ids]
+    subj = np.asarray(ids, np.int64)
+    if cfg.n_random_shapes:
+        rng = np.random.default_rng(cfg.seed + 7919)
+        extra = np.clip(rng.standard_normal((cfg.n_random_shapes, scores.shape[1])), -cfg.random_max_sd,
+                        cfg.random_max_sd)
+        b = np.concatenate([b, extra])
+        subj = np.concatenate([subj, -np.ones(cfg.n_random_shapes, np.int64)])
+    return b, subj
+
+
+def model_to_world(space) -> np.ndarray:
+    """``(4, 4)`` model frame -> patient RAS+ frame with the mean shape's centroid at the origin."""
+    T = space.model_to_ras.copy()
+    T[:3, 3] = -T[:3, :3] @ space.centre_mm
+    return T
+
+
+def phantom_of(space, vertices_model: np.ndarray, cfg: ReconDataConfig, seed: int):
+    """CT-like volume and label map of an instance, in the patient frame."""
+    from xrecon.anatomy.bone import BoneModel
+    from xrecon.anatomy.phantom import ct_from_mesh
+
+    T = model_to_world(space)
+    bone = BoneModel(vertices_model @ T[:3, :3].T + T[:3, 3], space.faces, frame="patient (RAS+ mm)",
+                     source=f"{space.name} instance")
+    return ct_from_mesh(bone, spacing_mm=cfg.phantom_spacing_mm, seed=seed)
+
+
+def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool = True) -> Path:
+    """Simulate the dataset of ``cfg`` into the HDF5 file ``out_path`` (atomically)."""
+    import h5py
+    from tqdm import tqdm
+
+    from shape_models.bundled import load_model
+    from xrecon.methods.recon.shape import ShapeSpace, _scene
+    from xrecon.methods.recon.targets import view_targets
+    from xrecon.sim.drr import DrrRenderer
+
+    out_path = Path(out_path)
+    model = load_model(cfg.shape_model)
+    space = ShapeSpace.from_shape_model(model)
+    coeffs, subjects = split_shapes(model, cfg)
+    n_img = len(coeffs) * cfg.views_per_shape
+    size, k = cfg.image_size, space.n_modes
+    camera = cfg.camera()
+    m2w = model_to_world(space)
+    sod_mm = cfg.detector().source_to_isocentre_mm
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.monotonic()
+    with atomic_path(out_path) as tmp, h5py.File(tmp, "w") as h5:
+        d_img = h5.create_dataset("image", (n_img, size, size), "f4", chunks=(1, size, size))
+        d_mask = h5.create_dataset("mask", (n_img, size, size), "u1", chunks=(1, size, size), compression="lzf")
+        d_can = h5.create_dataset("canonical", (n_img, 2, 3, size, size), "f2", chunks=(1, 2, 3, size, size),
+                                  compression="lzf")
+        d_b = h5.create_dataset("shape_sd", (n_img, k), "f4")
+        d_w2c = h5.create_dataset("world_to_cam", (n_img, 4, 4), "f8")
+        d_m2c = h5.create_dataset("model_to_cam", (n_img, 4, 4), "f8")
+        d_K = h5.create_dataset("K", (n_img, 3, 3), "f8")
+        d_subj = h5.create_dataset("subject", (n_img,), "i4")
+        h5.attrs["config"] = json.dumps(dataclasses.asdict(cfg))
+        h5.attrs["shape_model"] = cfg.shape_model
+        h5.attrs["model_to_world"] = m2w
+        h5.attrs["pixel_spacing_mm"] = camera.pixel_spacing_mm
+        h5.attrs["frames"] = ("world = patient RAS+ mm centred on the mean shape's centroid; model = shape model "
+                              "frame; canonical = points on the mean shape in the model frame")
+        row = 0
+        for s in tqdm(range(len(coeffs)), desc=f"{cfg.split} shapes", disable=not progress):
+            verts_model = space.instance(coeffs[s])
+            verts_world = verts_model @ m2w[:3, :3].T + m2w[:3, 3]
+            ct, _labels = phantom_of(space, verts_model, cfg, seed=cfg.seed * 100003 + s)
+            w2c = sample_world_to_cam(cfg.views_per_shape, cfg.protocol, rng, sod_mm)
+            cams = camera.with_pose(torch.as_tensor(w2c))
+            renderer = DrrRenderer(ct, camera, spacing_mm=cfg.render_spacing_mm, n_samples=cfg.n_samples,
+                                   max_batch=4)
+            with torch.no_grad():
+                images = renderer(torch.as_tensor(w2c, dtype=torch.float32)).numpy()
+            scene = _scene(verts_world, space.faces)
+            for v in range(cfg.views_per_shape):
+                tg = view_targets(space, verts_world, cams[v], scene=scene)
+                d_img[row] = images[v]
+                d_mask[row] = tg.mask
+                d_can[row] = tg.canonical.astype(np.float16)
+                d_b[row] = coeffs[s]
+                d_w2c[row] = w2c[v]
+                d_m2c[row] = w2c[v] @ m2w
+                d_K[row] = camera.K[0].numpy()
+                d_subj[row] = subjects[s]
+                row += 1
+        h5.attrs["seconds"] = time.monotonic() - t0
+    log.info("wrote %s: %d images of %d shapes in %.0f s", out_path, n_img, len(coeffs), time.monotonic() - t0)
+    return out_path
+
+
+class ReconH5Dataset(Dataset):
+    """Reads a file of :func:`generate_dataset` into memory.
+
+    Items are dicts: ``image (1, H, W)`` float32 (augmented when ``augment`` is
+    given), ``mask (H, W)`` float32, ``canonical (2, 3, H, W)`` float32 mm,
+    ``shape_sd (K,)`` float32, ``index`` int.
+
+    Args:
+        path: HDF5 file.
+        augment: optional ``f(image (1, H, W)) -> image`` applied at load (e.g.
+            :class:`XrayAugment`); it draws from torch's generator, which the
+            training loop seeds.
+        indices: optional subset of rows.
+    """
+
+    def __init__(self, path: str | Path, augment=None, indices=None):
+        import h5py
+
+        path = Path(path)
+        try:
+            with h5py.File(path, "r") as h5:
+                rows = np.arange(len(h5["image"])) if indices is None else np.asarray(indices)
+                self.image = torch.from_numpy(h5["image"][:][rows])
+                self.mask = torch.from_numpy(h5["mask"][:][rows])
+                self.canonical = torch.from_numpy(h5["canonical"][:][rows])
+                self.shape_sd = torch.from_numpy(h5["shape_sd"][:][rows])
+                self.config = json.loads(h5.attrs["config"])
+        except (OSError, KeyError) as exc:
+            raise InputError(f"not a reconstruction dataset ({exc})", path) from exc
+        self.path, self.augment = path, augment
+
+    def __len__(self) -> int:
+        return len(self.image)
+
+    def __getitem__(self, i: int) -> dict:
+        img = self.image[i][None].float()
+        if self.augment is not None:
+            img = self.augment(img)
+        return {"image": img, "mask": self.mask[i].float(), "canonical": self.canonical[i].float(),
+                "shape_sd": self.shape_sd[i].float(), "index": i}
+
+
+class XrayAugment:
+    """Load-time domain randomisation of one image ``(1, H, W)``: scaled to [0, 1]
+    and randomised by :class:`xrecon.sim.augment.Augmenter` (seed 002's inversion,
+    jitter, erasing + gamma, noise, blur)."""
+
+    __name__ = "xrecon.sim.augment.Augmenter(DEFAULT_AUGMENT)"
+
+    def __init__(self):
+        from xrecon.sim.augment import DEFAULT_AUGMENT, Augmenter
+
+        self.augmenter = Augmenter(DEFAULT_AUGMENT)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from xrecon.sim.augment import normalise_image
+
+        return self.augmenter(normalise_image(image[None]))[0]

@@ -1,0 +1,170 @@
+"""Files written by ``xrecon reconstruct`` and ``xrecon register``.
+
+Everything goes first into a hidden staging folder inside the output folder
+and is moved into place only when every file has been written, so a failed
+run leaves no partial outputs (:func:`staged_output`).
+
+``reconstruct`` writes:
+    ``reconstruction_cam.ply`` / ``.stl``  the posed mesh, camera frame, mm;
+    ``points.csv``      N points of the reconstruction: vertex id, camera-frame
+                        and model-frame xyz (mm), image (u, v) (px), confidence;
+    ``points_cam.ply``  the same points as a point cloud (camera frame);
+    ``pose.json``       ``model_to_cam``, the camera, shape coefficients,
+                        confidence and notes, the frames named;
+    ``overlay.png``     the reconstruction's outline (green) and the PnP inlier
+                        pixels (cyan) over the X-ray.
+``register`` writes:
+    ``registration.json``  ``ct_to_cam`` (and ``ct_to_cam_refined``), frames,
+                        confidence, diagnostics of every stage;
+    ``ct_bone_cam.ply``  the CT's bone surface posed in the camera (final pose);
+    ``overlay.png``     the CT bone outline over the X-ray: yellow before
+                        refinement, green after (green only without --refine).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from xrecon.errors import InputError
+from xrecon.methods.recon.overlay import CYAN, GREEN, YELLOW, draw_overlay, save_png, silhouette
+
+CAMERA_FRAME = ("camera: OpenCV pinhole, X-ray source at the origin, +z toward the detector, +x image right, "
+                "+y image down, mm")
+
+
+@contextlib.contextmanager
+def staged_output(out_dir: str | Path):
+    """Yield a staging folder; on success move its files into ``out_dir``, on failure delete it."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=".xrecon-staging-", dir=out))
+    except OSError as exc:
+        raise InputError(f"cannot write the output folder ({exc.strerror or exc})", out) from exc
+    try:
+        yield stage
+        for f in sorted(stage.iterdir()):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _write_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray | None) -> None:
+    import trimesh
+
+    if faces is None:
+        trimesh.PointCloud(np.asarray(vertices)).export(path)
+    else:
+        trimesh.Trimesh(np.asarray(vertices), np.asarray(faces), process=False).export(path)
+
+
+def _camera_dict(camera) -> dict:
+    d = camera.to_dict(0, frame="none (intrinsics only; the poses below map named frames to this camera)")
+    d.pop("world_to_cam", None)
+    return d
+
+
+def reconstruction_json(rec, space_name: str, model_info: dict | None = None) -> dict:
+    """The ``pose.json`` content of a :class:`~xrecon.methods.recon.pipeline.Reconstruction`."""
+    return {
+        "frames": {"camera": CAMERA_FRAME,
+                   "model": "shape model frame (bundled pelvis: articulated-ssm anatomical frame, origin midway "
+                            "between the ASIS, +x anterior, +y superior, +z right), mm"},
+        "model_to_cam": rec.model_to_cam,
+        "camera": _camera_dict(rec.camera),
+        "shape_model": space_name,
+        "shape_sd": rec.shape_sd,
+        "shape_sd_network": rec.shape_sd_network,
+        "scale_prior": ("absolute size comes from the shape model's size mode as inferred by the network under the "
+                        "training pose distribution (source-to-isocentre 765 mm, depth offset std 30 mm): a single "
+                        "view cannot separate size from depth"),
+        **rec.summary(),
+        "model": model_info or {},
+    }
+
+
+def write_reconstruction(out_dir: str | Path, rec, image: np.ndarray, space_name: str,
+                         model_info: dict | None = None) -> list[Path]:
+    """Write the ``reconstruct`` outputs (see module docstring); returns the final paths."""
+    if not rec.success:
+        raise InputError(f"no reconstruction: {rec.reason}")
+    with staged_output(out_dir) as stage:
+        v_cam = rec.vertices_cam
+        _write_mesh(stage / "reconstruction_cam.ply", v_cam, rec.faces)
+        _write_mesh(stage / "reconstruction_cam.stl", v_cam, rec.faces)
+        pc, pm = rec.points_cam, rec.points_model
+        table = np.column_stack([rec.point_ids, pc, pm, rec.points_uv, rec.points_confidence])
+        header = "vertex_id,x_cam_mm,y_cam_mm,z_cam_mm,x_model_mm,y_model_mm,z_model_mm,u_px,v_px,confidence"
+        np.savetxt(stage / "points.csv", table, delimiter=",", header=header, comments="",
+                   fmt=["%d"] + ["%.3f"] * 8 + ["%.3f"])
+        _write_mesh(stage / "points_cam.ply", pc, None)
+        _write_json(stage / "pose.json", reconstruction_json(rec, space_name, model_info))
+        mask = silhouette(v_cam, rec.faces, rec.camera.with_pose(np.eye(4)))
+        rgb = draw_overlay(image, [(mask, GREEN)], [(rec.corr_uv[rec.inliers], CYAN)])
+        save_png(rgb, stage / "overlay.png")
+        names = [f.name for f in stage.iterdir()]
+    return [Path(out_dir) / n for n in sorted(names)]
+
+
+def registration_json(result, model_info: dict | None = None) -> dict:
+    """The ``registration.json`` content of an :class:`xrecon.api.Registration`."""
+    rec, reg = result.reconstruction, result.registration
+    confident = bool(reg.confident and (result.ct_to_cam_refined is not None or not result.refine_info))
+    return {
+        "frames": {"camera": CAMERA_FRAME,
+                   "ct": f"the CT's world frame as read, RAS+ mm ({result.bone.source}); LPS files are converted "
+                         "on reading: for LPS coordinates use ct_to_cam @ diag(-1, -1, 1, 1)"},
+        "ct_to_cam": result.ct_to_cam,
+        "ct_to_cam_refined": result.ct_to_cam_refined,
+        "ct_to_cam_final": result.final_ct_to_cam,
+        "camera": _camera_dict(result.camera),
+        "success": bool(reg.success),
+        "confident": confident,
+        "notes": list(reg.notes) + ([f"refinement: {result.refine_info.get('reason')}"]
+                                    if result.refine_info and not result.refine_info.get("success") else []),
+        "registration": reg.summary(),
+        "refinement": result.refine_info,
+        "reconstruction": rec.summary(),
+        "model_to_cam": rec.model_to_cam,
+        "model": model_info or {},
+    }
+
+
+def write_registration(out_dir: str | Path, result, model_info: dict | None = None) -> list[Path]:
+    """Write the ``register`` outputs (see module docstring); returns the final paths."""
+    if not result.success:
+        raise InputError(f"registration failed: {result.registration.reason}")
+    bone = result.bone
+    cam0 = result.camera.with_pose(np.eye(4))
+
+    def posed(T):
+        return bone.vertices @ T[:3, :3].T + T[:3, 3]
+
+    with staged_output(out_dir) as stage:
+        _write_json(stage / "registration.json", registration_json(result, model_info))
+        _write_mesh(stage / "ct_bone_cam.ply", posed(result.final_ct_to_cam), bone.faces)
+        masks = []
+        if result.ct_to_cam_refined is not None:
+            masks.append((silhouette(posed(result.ct_to_cam), bone.faces, cam0), YELLOW))
+        masks.append((silhouette(posed(result.final_ct_to_cam), bone.faces, cam0), GREEN))
+        save_png(draw_overlay(result.image, masks), stage / "overlay.png")
+        names = [f.name for f in stage.iterdir()]
+    return [Path(out_dir) / n for n in sorted(names)]

@@ -1,0 +1,87 @@
+"""Training entry point of the reconstruction network (through the shared loop).
+
+:func:`train_recon` builds the network for the shape model of the dataset,
+trains it with :func:`xrecon.train.train` (seeded, resumable, DDP under
+``torchrun``), then writes a self-contained model file
+(:func:`~xrecon.methods.recon.model_io.save_recon_model`) from the best
+validation checkpoint, with the command that made it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from xrecon.errors import InputError
+from xrecon.methods.recon.data import ReconH5Dataset
+from xrecon.methods.recon.loss import ReconLoss, ReconLossWeights
+from xrecon.methods.recon.model_io import save_recon_model
+from xrecon.methods.recon.network import ReconNet, ReconNetConfig
+from xrecon.methods.recon.shape import ShapeSpace
+from xrecon.train import TrainConfig, load_weights, train
+
+log = logging.getLogger(__name__)
+
+
+def _dataset_facts(path: Path) -> dict:
+    try:
+        with h5py.File(path, "r") as h5:
+            return {"path": str(path), "n_images": int(len(h5["image"])), "config": json.loads(h5.attrs["config"]),
+                    "generation_seconds": float(h5.attrs.get("seconds", float("nan")))}
+    except (OSError, KeyError) as exc:
+        raise InputError(f"not a reconstruction dataset ({exc})", path) from exc
+
+
+def train_recon(train_h5: str | Path, val_h5: str | Path, config: TrainConfig, *, base_channels: int = 16,
+                levels: int = 4, n_loss_vertices: int = 500, augment=None, model_out: str | Path | None = None,
+                command: str | None = None) -> Path:
+    """Train on ``train_h5`` (validate on ``val_h5``) and write the model file.
+
+    Args:
+        train_h5, val_h5: files of :func:`~xrecon.methods.recon.data.generate_dataset`.
+        config: loop settings (:class:`~xrecon.train.TrainConfig`); outputs go to ``config.out_dir``.
+        base_channels, levels: U-Net size.
+        n_loss_vertices: vertices on which the shape loss measures mm error.
+        augment: load-time augmentation ``f(image (1, H, W)) -> image`` (training set only).
+        model_out: model file to write (default ``<out_dir>/recon_model.pt``).
+        command: the command line to record (default ``sys.argv``).
+
+    Returns the model file path (written by rank 0; other ranks return the same path).
+    """
+    from shape_models.bundled import load_model
+
+    train_h5, val_h5 = Path(train_h5), Path(val_h5)
+    facts = {"train": _dataset_facts(train_h5), "val": _dataset_facts(val_h5)}
+    shape_name = facts["train"]["config"]["shape_model"]
+    space = ShapeSpace.from_shape_model(load_model(shape_name))
+    size = int(facts["train"]["config"]["image_size"])
+    net_cfg = ReconNetConfig(n_modes=space.n_modes, base_channels=base_channels, levels=levels, image_size=size,
+                             coord_centre_mm=tuple(float(c) for c in space.centre_mm), coord_scale_mm=100.0)
+    torch.manual_seed(config.seed)
+    net = ReconNet(net_cfg)
+    vids = space.vertex_subset(n_loss_vertices, seed=0)
+    loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net_cfg.coord_scale_mm,
+                     ReconLossWeights())
+    train_set = ReconH5Dataset(train_h5, augment=augment)
+    val_set = ReconH5Dataset(val_h5)
+    command = command or " ".join(sys.argv)
+    run_info = {"method": "recon", "command": command, "net_config": net_cfg.to_dict(), "data": facts,
+                "loss_weights": ReconLossWeights().__dict__, "augment": getattr(augment, "__name__", str(augment))}
+    result = train(net, loss, train_set, val_set, config, loss.metrics, run_info=run_info)
+    out = Path(model_out) if model_out else Path(config.out_dir) / "recon_model.pt"
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        if result.best_checkpoint is not None:
+            load_weights(net, result.best_checkpoint)
+        best = min(result.history, key=lambda h: h.get("val", {}).get("loss", np.inf)) if result.history else {}
+        info = {"command": command, "train_config": config.to_dict(), "data": facts,
+                "epochs_run": len(result.history), "stopped_early": result.stopped_early,
+                "best_epoch": best.get("epoch"), "best_val": best.get("val"), "best_val_metrics": best.get("val_metrics"),
+                "train_seconds": float(sum(h["epoch_seconds"] for h in result.history))}
+        save_recon_model(out, net.cpu().eval(), space, shape_name, info)
+        log.info("model written to %s", out)
+    return out
