@@ -79,7 +79,7 @@ class EllipsoidDataset(torch.utils.data.Dataset):
             "image": torch.tensor(self.image[i], dtype=torch.float32)[None],
             "entry_world": torch.tensor(self.entry[i], dtype=torch.float32).permute(2, 0, 1),
             "exit_world": torch.tensor(self.exit[i], dtype=torch.float32).permute(2, 0, 1),
-            "bone_mask": torch.tensor(self.mask[i]),
+            "mask": torch.tensor(self.mask[i]),
             "K": self.camera.K[i],
             "world_to_cam": self.camera.world_to_cam[i],
         }

@@ -192,10 +192,11 @@ def predict_poses(model: SceneCoordinateNet, images: torch.Tensor, camera: Camer
 
 
 def ct_fingerprint(ct) -> str:
-    """Content hash of a CT (voxels and affine) as recorded in SCR model files."""
-    from xrecon.anatomy.cache import hash_inputs
+    """Content hash of a CT (voxels and affine): the simulator's
+    :func:`xrecon.sim.dataset.volume_digest`, as recorded in datasets and SCR models."""
+    from xrecon.sim.dataset import volume_digest
 
-    return hash_inputs(np.asarray(ct.data, dtype=np.float32), np.asarray(ct.voxel_to_world, dtype=np.float64))
+    return volume_digest(ct)
 
 
 def _as_volume(x, reader):

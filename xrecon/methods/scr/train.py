@@ -9,7 +9,7 @@ epoch's weights are written as a self-contained model file
 
 Batches are dicts (see :mod:`xrecon.methods.scr.data`):
 ``image (B, 1, H, W)``, ``entry_world`` / ``exit_world (B, 3, H, W)`` (world
-mm, NaN off the bone), ``bone_mask (B, H, W)``, ``K (B, 3, 3)``,
+mm, NaN off the bone), ``mask (B, H, W)`` (bool, ray meets bone), ``K (B, 3, 3)``,
 ``world_to_cam (B, 4, 4)``.
 """
 from __future__ import annotations
@@ -65,7 +65,7 @@ def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0):
         c = centre.to(out.device)[None, :, None, None]
         entry = (batch["entry_world"].to(out.dtype) - c) / scale
         exit_ = (batch["exit_world"].to(out.dtype) - c) / scale
-        terms = scr_loss(out, entry, exit_, batch["bone_mask"], absent_weight)
+        terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight)
         logs = {"nll": terms["nll"].mean(), "absent": terms["absent"].mean(),
                 "coord_error_mm": terms["error_norm"].mean() * scale}
         return terms["loss"].mean(), logs
