@@ -1,9 +1,7 @@
 """Shared fixtures of the anatomy tests: the real chest CT, loaded once."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
-
 
 
 @pytest.fixture(scope="session")
