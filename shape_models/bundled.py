@@ -278,11 +278,14 @@ def subject_split(n_subjects: int, fractions=SPLIT_FRACTIONS, seed: int = SPLIT_
 
 
 def build_coupled_submodel(side: str, bones, subjects=None, n_components: int | float | None = 10,
-                           procrustes: str | None = None, name: str | None = None) -> ShapeModel:
+                           procrustes: str | None = "rigid", name: str | None = None) -> ShapeModel:
     """A per-bone model: PCA re-fitted on the rebuilt instances of ``subjects``.
 
-    ``procrustes=None`` (default) keeps the articulated-ssm anatomical frame and
-    the size (mode 1 is then mostly size, as in the published model).
+    ``procrustes="rigid"`` (default) removes each bone's pose variation (the
+    coupled model also varies the femur's position relative to the pelvis,
+    which a per-bone model must not confuse with shape), keeps the size (mode 1
+    is then mostly size, as in the published model) and keeps the
+    articulated-ssm frame (the Procrustes mean is placed on the plain mean).
     """
     verts, faces, landmarks = coupled_instances(side, bones, subjects)
     c = load_coupled(side)
@@ -359,7 +362,7 @@ def load_model(name: str = "pelvis") -> ShapeModel:
 
 
 def subject_shapes(model: ShapeModel, split: str = "test") -> tuple[np.ndarray, list[int]]:
-    """Rebuilt subject meshes ``(S, V, 3)`` of one split (``train``, ``val``, ``test``
+    """Rebuilt subject meshes ``(S, V, 3)`` (rigidly aligned to the model, model frame) of one split (``train``, ``val``, ``test``
     or ``all``) of a ready model, and their subject indices."""
     scores = model.extra_arrays_.get("subject_scores")
     if scores is None or "split" not in model.metadata_:
@@ -378,12 +381,13 @@ def build_ready_models(out_dir: str | Path = DATA_DIR) -> dict:
         c = load_coupled(side)
         split = subject_split(c.n_subjects)
         split["subject_index"] = f"row of projectedWeights.T in {Path(c.source).name} (articulated-ssm 0.2.0)"
-        model = build_coupled_submodel(side, bones, split["train"], n_components=10, procrustes=None, name=name)
+        model = build_coupled_submodel(side, bones, split["train"], n_components=10, procrustes="rigid", name=name)
         all_verts, _, _ = coupled_instances(side, bones)
-        subject_scores = model.transform(all_verts, align=False)
+        all_aligned, _ = model.align(all_verts)
+        subject_scores = model.transform(all_aligned, align=False)
         # exactness check of the caveat above: test subjects lie in the train subspace
         rec = model.inverse_transform(subject_scores[split["test"]])
-        resid = float(np.abs(rec - all_verts[split["test"]]).max())
+        resid = float(np.abs(rec - all_aligned[split["test"]]).max())
         model.metadata_.update({"split": split, "max_test_reconstruction_error_mm": resid,
                                 "mode1": "mostly isotropic size (see mode1_report)"})
         path = out_dir / f"{stem}.npz"

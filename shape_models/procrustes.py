@@ -103,7 +103,9 @@ def generalized_procrustes(shapes: np.ndarray, mode: str | None = "similarity", 
     The reference starts as the first shape (centred) and is updated to the mean
     of the aligned shapes until it moves less than ``tol_mm`` (RMS per vertex).
     With ``"similarity"`` the mean is rescaled to the average centroid size of
-    the input shapes so the model stays in millimetres.
+    the input shapes so the model stays in millimetres. The final reference is
+    placed (rigidly) onto the plain average of the inputs, so a population given
+    in an anatomical frame keeps that frame.
 
     Args:
         shapes: ``(S, V, 3)`` vertices in mm.
@@ -137,6 +139,9 @@ def generalized_procrustes(shapes: np.ndarray, mode: str | None = "similarity", 
             break
     else:
         log.info("generalised Procrustes stopped after %d iterations (last change %.3g mm)", max_iter, change)
+    # keep the caller's frame: place the reference rigidly onto the plain average of the inputs
+    # (e.g. an anatomical frame the population was given in)
+    ref = apply_transform(align_points(ref, shapes.mean(axis=0), "rigid"), ref)
     for i in range(n):
         transforms[i] = align_points(shapes[i], ref, mode)
     aligned = apply_transform(transforms, shapes)

@@ -32,7 +32,10 @@ def test_ready_pelvis_model_and_split(pelvis):
 def test_test_subjects_rebuild_from_the_coupled_model(pelvis):
     shapes, ids = bundled.subject_shapes(pelvis, "test")
     direct, faces, _ = bundled.coupled_instances("left", ("Pel_L", "Pel_R"), ids[:3])
-    assert np.abs(shapes[:3] - direct).max() < 0.05  # float32 storage
+    aligned, _ = pelvis.align(direct)
+    # 10 modes of the rigidly aligned train subjects represent held-out subjects to < 0.2 mm
+    assert np.abs(shapes[:3] - aligned).max() < 0.2
+    assert np.abs(aligned - direct).max() < 10  # the frame is kept (pose variation is small)
     assert np.array_equal(faces, pelvis.faces_)
 
 
