@@ -33,6 +33,8 @@ def scr(
     schedule: str = typer.Option("cosine", help="cosine | constant."),
     base_channels: int = typer.Option(16, help="U-Net width (CPU 16; GPU 32-64)."),
     levels: int = typer.Option(4, help="U-Net levels (CPU 4; 512 px: 5)."),
+    input_stride: int = typer.Option(2, help="2: half-resolution U-Net with dense upsampled output (CPU); "
+                                             "1: full resolution (the seed's, for GPUs)."),
     val_fraction: float = typer.Option(0.05, help="Share of the dataset held out for validation."),
     val_images: int = typer.Option(96, help="Validation images that get a full PnP per epoch."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
@@ -72,13 +74,14 @@ def scr(
         path, result = train_scr(
             setup.train_set, setup.val_set, normalizer=setup.normalizer, camera=setup.camera,
             targets_world=setup.targets_world, target_names=setup.target_names, train_config=cfg,
-            net_config=SCRNetConfig(base_channels=base_channels, levels=levels, val_max_images=val_images),
+            net_config=SCRNetConfig(base_channels=base_channels, levels=levels, input_stride=input_stride,
+                                    val_max_images=val_images),
             ct_info=setup.ct_info, run_info=run_info)
     elif method in ("posenet", "landmarks"):
         from xrecon.methods.baselines.train import train_baseline
 
         path, result = train_baseline(
-            method, setup.train_set, setup.val_set, init_args=setup.baseline_init_args(method, base_channels, levels),
+            method, setup.train_set, setup.val_set, init_args=setup.baseline_init_args(method, base_channels, levels, input_stride),
             camera=setup.camera, targets_world=setup.targets_world, train_config=cfg, val_max_images=val_images,
             run_info=run_info)
     else:

@@ -24,10 +24,15 @@ torch.set_num_threads(1)
 
 
 def test_unet_shapes_and_size_check():
-    net = UNet(1, 8, base_channels=4, levels=3)
+    net = UNet(1, 8, base_channels=4, levels=3, input_stride=1)
     assert net(torch.zeros(2, 1, 16, 24)).shape == (2, 8, 16, 24)
     with pytest.raises(ShapeError, match="divisible by 4"):
         net(torch.zeros(1, 1, 18, 16))
+    half = UNet(1, 3, base_channels=4, levels=3, input_stride=2)
+    assert half(torch.zeros(2, 1, 16, 24)).shape == (2, 3, 16, 24)  # dense output at input size
+    assert half.encode(torch.zeros(1, 1, 16, 24))[0].shape[-2:] == (8, 12)  # half resolution inside
+    with pytest.raises(ShapeError, match="divisible by 8"):
+        half(torch.zeros(1, 1, 20, 16))
 
 
 def test_normalizer_round_trip_and_bounds():

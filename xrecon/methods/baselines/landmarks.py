@@ -28,22 +28,23 @@ class LandmarkHeatmapNet(nn.Module):
     Args:
         landmarks_world: ``(L, 3)`` landmark positions, world mm.
         landmark_names: ``L`` names.
-        base_channels, levels: U-Net size (as SCR's).
+        base_channels, levels, input_stride: U-Net size (as SCR's).
         sigma_px: standard deviation of the target Gaussians, pixels.
     """
 
     def __init__(self, landmarks_world: np.ndarray, landmark_names: list[str], base_channels: int = 16,
-                 levels: int = 4, sigma_px: float = 2.0):
+                 levels: int = 4, sigma_px: float = 2.0, input_stride: int = 2):
         super().__init__()
         lm = torch.as_tensor(np.asarray(landmarks_world), dtype=torch.float32)
         if lm.ndim != 2 or lm.shape[1] != 3 or len(lm) < 4:
             raise ShapeError("landmarks_world", "(L, 3) with L >= 4 (PnP needs four points)", tuple(lm.shape))
         if len(landmark_names) != len(lm):
             raise ShapeError("landmark_names", f"{len(lm)} names", (len(landmark_names),))
-        self.unet = UNet(1, len(lm), base_channels, levels)
+        self.unet = UNet(1, len(lm), base_channels, levels, input_stride)
         self.landmark_names = list(landmark_names)
         self.sigma_px = float(sigma_px)
         self.config = {"base_channels": base_channels, "levels": levels, "sigma_px": sigma_px,
+                       "input_stride": input_stride,
                        "landmark_names": self.landmark_names}
         self.register_buffer("landmarks_world", lm)
 

@@ -39,10 +39,11 @@ class PoseNet(nn.Module):
         ref_world_to_cam: ``(4, 4)`` reference pose (mean training pose).
         t_scale_mm: ``(3,)`` spread of the training translations (per axis).
         base_channels, levels: encoder size (levels of ConvBlock + 2x pooling).
+        input_stride: 2 starts with a stride-2 convolution (as SCR's CPU U-Net).
     """
 
     def __init__(self, points_world: np.ndarray, ref_world_to_cam: np.ndarray, t_scale_mm,
-                 base_channels: int = 16, levels: int = 5):
+                 base_channels: int = 16, levels: int = 5, input_stride: int = 2):
         super().__init__()
         pts = torch.as_tensor(np.asarray(points_world), dtype=torch.float32)
         if pts.ndim != 2 or pts.shape[1] != 3 or len(pts) == 0:
@@ -50,9 +51,13 @@ class PoseNet(nn.Module):
         ref = torch.as_tensor(np.asarray(ref_world_to_cam), dtype=torch.float32)
         if ref.shape != (4, 4):
             raise ShapeError("ref_world_to_cam", "(4, 4)", tuple(ref.shape))
-        self.config = {"base_channels": base_channels, "levels": levels}
+        self.config = {"base_channels": base_channels, "levels": levels, "input_stride": input_stride}
         widths = [base_channels * 2**i for i in range(levels)]
         blocks, prev = [], 1
+        if input_stride == 2:
+            blocks += [nn.Conv2d(1, base_channels, 3, stride=2, padding=1, bias=False),
+                       nn.GroupNorm(8 if base_channels % 8 == 0 else 1, base_channels), nn.ReLU(inplace=True)]
+            prev = base_channels
         for i, w in enumerate(widths):
             if i > 0:
                 blocks.append(nn.MaxPool2d(2))

@@ -100,16 +100,16 @@ class TrainingSetup:
                 "ct": self.ct_info, "image_size": [self.camera.height, self.camera.width],
                 "n_targets": len(self.target_names), "n_landmarks": len(self.landmark_names)}
 
-    def baseline_init_args(self, method: str, base_channels: int, levels: int) -> dict:
+    def baseline_init_args(self, method: str, base_channels: int, levels: int, input_stride: int = 2) -> dict:
         """Constructor arguments of the baseline networks."""
         if method == "posenet":
             from xrecon.methods.baselines.posenet import reference_pose
 
             ref, spread = reference_pose(self.train_poses)
             return {"points_world": self.posenet_points_world, "ref_world_to_cam": ref, "t_scale_mm": spread,
-                    "base_channels": base_channels, "levels": levels + 1}
+                    "base_channels": base_channels, "levels": levels + 1, "input_stride": input_stride}
         return {"landmarks_world": self.landmarks_world, "landmark_names": self.landmark_names,
-                "base_channels": base_channels, "levels": levels}
+                "base_channels": base_channels, "levels": levels, "input_stride": input_stride}
 
 
 def dataset_poses(root: str | Path) -> np.ndarray:

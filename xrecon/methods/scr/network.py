@@ -93,6 +93,9 @@ class SceneCoordinateNet(nn.Module):
     Args:
         normalizer: world <-> normalised coordinates of the bone.
         base_channels, levels: U-Net size (16 / 4 on CPU; 32-64 / 5 on GPU).
+        input_stride: 2 = half-resolution U-Net with a stride-2 stem and a
+            bilinear upsampled output (the CPU configuration); 1 = full
+            resolution throughout (the seed's set-up, for GPUs).
 
     ``forward`` returns the raw 8-channel map ``(B, 8, H, W)`` in normalised
     units: channels 0-2 entry xyz, 3 entry log sigma, 4-6 exit xyz, 7 exit log
@@ -100,10 +103,11 @@ class SceneCoordinateNet(nn.Module):
     :meth:`predict` turns it into :class:`SceneCoordinates` in world mm.
     """
 
-    def __init__(self, normalizer: CoordinateNormalizer, base_channels: int = 16, levels: int = 4):
+    def __init__(self, normalizer: CoordinateNormalizer, base_channels: int = 16, levels: int = 4,
+                 input_stride: int = 2):
         super().__init__()
-        self.unet = UNet(1, 8, base_channels, levels)
-        self.config = {"base_channels": base_channels, "levels": levels}
+        self.unet = UNet(1, 8, base_channels, levels, input_stride)
+        self.config = {"base_channels": base_channels, "levels": levels, "input_stride": input_stride}
         self.register_buffer("centre_mm", torch.tensor(normalizer.centre_mm, dtype=torch.float32))
         self.register_buffer("scale_mm", torch.tensor(float(normalizer.scale_mm), dtype=torch.float32))
 
@@ -114,7 +118,7 @@ class SceneCoordinateNet(nn.Module):
     @property
     def size_divisor(self) -> int:
         """Image height and width must be multiples of this."""
-        return 2 ** (self.unet.levels - 1)
+        return self.unet.input_stride * 2 ** (self.unet.levels - 1)
 
     def normalize(self, points_world: torch.Tensor) -> torch.Tensor:
         """World mm ``(..., 3)`` -> normalised ``(..., 3)``."""

@@ -45,12 +45,14 @@ class SCRNetConfig:
 
     Attributes:
         base_channels, levels: U-Net size (CPU: 16 / 4; GPU 512 px: 32 / 5).
+        input_stride: 2 (CPU: half-resolution inside, dense output) or 1 (the seed's full resolution).
         absent_weight: weight of the ``1 / sigma`` term on pixels without bone.
         val_max_images: validation images that get a full PnP per epoch.
     """
 
     base_channels: int = 16
     levels: int = 4
+    input_stride: int = 2
     absent_weight: float = 1.0
     val_max_images: int = 128
 
@@ -155,7 +157,7 @@ def train_scr(
 
     if val_set is not None and train_config.monitor == "loss":
         train_config = dataclasses.replace(train_config, monitor="mtre_clipped_mm", monitor_mode="min")
-    model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels)
+    model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels, net_config.input_stride)
     val = _Capped(val_set, net_config.val_max_images) if val_set is not None else None
     info_run = {"method": "scr", "net_config": dataclasses.asdict(net_config),
                 "inference": dataclasses.asdict(inference),
@@ -171,7 +173,8 @@ def train_scr(
         return model_path, result
     best = result.history[-1] if result.history else {}
     info = SCRModelInfo(
-        network={"base_channels": net_config.base_channels, "levels": net_config.levels},
+        network={"base_channels": net_config.base_channels, "levels": net_config.levels,
+                 "input_stride": net_config.input_stride},
         camera=Camera(camera.K[:1], torch.eye(4, dtype=torch.float64), camera.height, camera.width,
                       camera.pixel_spacing_mm),
         ct=dict(ct_info or {}),
