@@ -44,6 +44,8 @@ def scr(
     seed: int = typer.Option(0, help="Seed of the split, the weights and the sampling."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off the seed-002 augmentation."),
     resume: bool = typer.Option(True, help="Continue from out/checkpoints/last.pt when it exists."),
+    allow_incomplete: bool = typer.Option(False, "--allow-incomplete",
+                                          help="Train on the complete shards of a dataset still being simulated."),
 ) -> None:
     """Train a patient-specific model on simulated X-rays of one CT.
 
@@ -62,7 +64,7 @@ def scr(
     setup: TrainingSetup = prepare_training(
         ct_path=ct, labels_path=labels, structures=structures, data_dir=data, val_fraction=val_fraction,
         seed=seed, augment=not no_augment, landmark_structures=landmarks if method == "landmarks" else None,
-        fields=SCR_FIELDS if method == "scr" else POSE_FIELDS)
+        fields=SCR_FIELDS if method == "scr" else POSE_FIELDS, allow_incomplete=allow_incomplete)
     cfg = TrainConfig(out_dir=str(out), epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule,
                       seed=seed, num_workers=workers, num_threads=threads, device=device,
                       time_limit_min=time_limit_min, resume=resume,

@@ -144,3 +144,18 @@ def test_cli_trains_scr_and_register_scr_checks_the_ct(phantom_dataset, tmp_path
     bad = CliRunner().invoke(app, ["--ct", str(root / "ct.nii.gz"), "--labels", str(root / "labels.nii.gz"),
                                    "--data", str(tmp_path / "nowhere"), "--out", str(out / "x")])
     assert bad.exit_code == 2 and "no manifest.json" in bad.output
+
+
+def test_incomplete_dataset_is_refused_unless_allowed(phantom_dataset, tmp_path):
+    import shutil
+
+    data = tmp_path / "partial"
+    shutil.copytree(phantom_dataset / "data", data)
+    (data / "shard-00001.h5").unlink()
+    kw = dict(ct_path=phantom_dataset / "ct.nii.gz", labels_path=phantom_dataset / "labels.nii.gz", data_dir=data,
+              val_fraction=0.25)
+    with pytest.raises(InputError, match="incomplete"):
+        prepare_training(**kw)
+    setup = prepare_training(**kw, allow_incomplete=True)
+    assert len(setup.train_set) + len(setup.val_set) == 4 and setup.dataset_info["n_samples_used"] == 4
+    assert setup.train_poses.shape == (3, 4, 4)

@@ -93,11 +93,12 @@ class TrainingSetup:
     landmark_names: list[str]
     posenet_points_world: np.ndarray
     ct_info: dict
+    dataset_info: dict = field(default_factory=dict)
     train_poses: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 4, 4)))
 
     def describe(self) -> dict:
         return {"n_train": len(self.train_set), "n_val": 0 if self.val_set is None else len(self.val_set),
-                "ct": self.ct_info, "image_size": [self.camera.height, self.camera.width],
+                "ct": self.ct_info, "dataset": self.dataset_info, "image_size": [self.camera.height, self.camera.width],
                 "n_targets": len(self.target_names), "n_landmarks": len(self.landmark_names)}
 
     def baseline_init_args(self, method: str, base_channels: int, levels: int, input_stride: int = 2) -> dict:
@@ -112,20 +113,11 @@ class TrainingSetup:
                 "base_channels": base_channels, "levels": levels, "input_stride": input_stride}
 
 
-def dataset_poses(root: str | Path) -> np.ndarray:
-    """All ``world_to_cam (N, 4, 4)`` of a dataset in sample order (cheap: no images read)."""
-    import h5py
-
-    from xrecon.sim.dataset import dataset_status, shard_name
-
-    manifest, missing = dataset_status(root)
-    out = []
-    for k in range(manifest["n_shards"]):
-        if k in missing:
-            continue
-        with h5py.File(Path(root) / shard_name(k), "r") as f:
-            out.append(f["world_to_cam"][()])
-    return np.concatenate(out) if out else np.zeros((0, 4, 4))
+def dataset_poses(dataset) -> np.ndarray:
+    """All ``world_to_cam (N, 4, 4)`` of a :class:`~xrecon.sim.dataset.SimulatedDataset`, in its order."""
+    if len(dataset) == 0:
+        return np.zeros((0, 4, 4))
+    return np.stack([dataset[i]["world_to_cam"].numpy() for i in range(len(dataset))])
 
 
 def load_ct_and_labels(ct_path: str | Path, labels_path: str | Path | None,
@@ -157,6 +149,7 @@ def prepare_training(
     landmark_structures: str | None = None,
     fields: tuple[str, ...] = SCR_FIELDS,
     n_posenet_points: int = 512,
+    allow_incomplete: bool = False,
 ) -> TrainingSetup:
     """Check the dataset against the CT and build a :class:`TrainingSetup`.
 
@@ -170,6 +163,8 @@ def prepare_training(
         landmark_structures: structures whose centroids are the heatmap
             baseline's landmarks (``None``: none, for the other methods).
         fields: dataset fields to read.
+        allow_incomplete: train on the complete shards of a dataset that is
+            still being simulated (the shards present now; logged).
 
     Raises:
         InputError: a dataset of another CT or other structures, an incomplete
@@ -202,10 +197,18 @@ def prepare_training(
         lm_ids = resolve_structures(landmark_structures, labels.label_names, present, labels.source)
         landmarks, landmark_names = structure_centroids(labels, lm_ids)
 
-    train_full = SimulatedDataset(data_dir, fields=fields, augment=DEFAULT_AUGMENT if augment else None)
-    val_full = SimulatedDataset(data_dir, fields=fields, augment=None)
+    kw = {"allow_incomplete": allow_incomplete}
+    train_full = SimulatedDataset(data_dir, fields=fields, augment=DEFAULT_AUGMENT if augment else None, **kw)
+    val_full = SimulatedDataset(data_dir, fields=fields, augment=None, **kw)
+    pose_view = SimulatedDataset(data_dir, fields=("world_to_cam",), normalise=False, **kw)
+    if not len(train_full) == len(val_full) == len(pose_view):
+        raise InputError("dataset changed while it was opened (a simulation is still writing it); try again",
+                         data_dir)
+    if len(train_full) < manifest["n"]:
+        log.warning("training on the %d complete samples of %d (dataset still incomplete)", len(train_full),
+                    manifest["n"])
     tr, va = split_indices(len(train_full), val_fraction, seed)
-    poses = dataset_poses(data_dir)
+    poses = dataset_poses(pose_view)
     camera = train_full.camera
     log.info("dataset %s: %d training and %d validation images of %dx%d px, %d structures",
              data_dir, len(tr), len(va), camera.height, camera.width, len(ids))
@@ -219,5 +222,7 @@ def prepare_training(
         posenet_points_world=structure_points(labels, ids, n_posenet_points, seed),
         ct_info={"path": str(ct_path), "sha256": digest, "structures": [ids[i] for i in sorted(ids)],
                  "structure_ids": sorted(int(i) for i in ids)},
-        train_poses=poses[tr] if len(poses) == len(train_full) else poses,
+        dataset_info={"path": str(data_dir), "n_samples_used": len(train_full), "n_samples_dataset": manifest["n"],
+                      "identity_sha256": manifest["identity_sha256"]},
+        train_poses=poses[tr],
     )
