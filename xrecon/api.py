@@ -154,7 +154,7 @@ def ct_bone(ct, labels=None, structures=None, *, threshold_hu: float | None = No
         return bone_mod.bone_from_labels(labels, structures)
     if structures is not None:
         raise InputError("--structures needs a label map (--labels)")
-    kw = {} if threshold_hu is None else {"threshold_hu": threshold_hu}
+    kw = {} if threshold_hu is None else {"hu_threshold": threshold_hu}
     return bone_mod.bone_from_threshold(ct, **kw)
 
 
@@ -184,7 +184,7 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
     bone = ct_bone(ct_vol, labels, structures, threshold_hu=threshold_hu)
     net, space, _info = _load_model(None if model is None else str(model))
     rec = reconstruct_image(net, space, img, cam, cfg)
-    pts, nrm = bone.sample_points(8000, seed=cfg.seed)
+    pts, nrm = bone.sample_points(30000, seed=cfg.seed)
     reg = register_ct_points(rec, pts, nrm, cfg)
     out = Registration(reg.ct_to_cam, None, rec, reg, bone, cam[0], img)
     if refine and reg.success:

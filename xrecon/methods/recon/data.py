@@ -101,7 +101,7 @@ class ReconDataConfig:
     views_per_shape: int = 16
     protocol: str = "mixed"
     image_size: int = 128
-    phantom_spacing_mm: float = 2.0
+    phantom_spacing_mm: float = 2.5
     render_spacing_mm: float = 2.5
     n_samples: int = 128
     shape_model: str = "pelvis"
@@ -192,6 +192,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
         d_subj = h5.create_dataset("subject", (n_img,), "i4")
         h5.attrs["config"] = json.dumps(dataclasses.asdict(cfg))
         h5.attrs["shape_model"] = cfg.shape_model
+        h5.attrs["shape_model_fingerprint"] = space.fingerprint
         h5.attrs["model_to_world"] = m2w
         h5.attrs["pixel_spacing_mm"] = camera.pixel_spacing_mm
         h5.attrs["frames"] = ("world = patient RAS+ mm centred on the mean shape's centroid; model = shape model "

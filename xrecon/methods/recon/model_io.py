@@ -32,12 +32,13 @@ def save_recon_model(path: str | Path, net: ReconNet, space: ShapeSpace, shape_m
     path = Path(path)
     state = {"format": FORMAT, "net_config": net.config.to_dict(),
              "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-             "shape_model": shape_model_name, "model_to_ras": space.model_to_ras.tolist(),
+             "shape_model": shape_model_name, "shape_model_fingerprint": space.fingerprint,
+             "model_to_ras": space.model_to_ras.tolist(),
              "n_modes": space.n_modes, "info": dict(info or {})}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     sidecar = {"format": FORMAT, "weights": path.name, "net_config": net.config.to_dict(),
-               "shape_model": shape_model_name, **dict(info or {})}
+               "shape_model": shape_model_name, "shape_model_fingerprint": space.fingerprint, **dict(info or {})}
     atomic_write_text(path.with_suffix(".json"), json.dumps(sidecar, indent=2, default=str))
 
 
@@ -56,6 +57,10 @@ def load_recon_model(path: str | Path | None = None, device: str | torch.device 
     from shape_models.bundled import load_model
 
     space = ShapeSpace.from_shape_model(load_model(state["shape_model"]), np.asarray(state["model_to_ras"]))
+    want = state.get("shape_model_fingerprint")
+    if want is not None and want != space.fingerprint:
+        raise InputError(f"the network was trained with another version of the shape model {state['shape_model']!r} "
+                         f"(fingerprint {want}, installed {space.fingerprint}); retrain it", path)
     if space.n_modes < state["n_modes"]:
         raise InputError(f"the network predicts {state['n_modes']} modes but the installed shape model "
                          f"{state['shape_model']!r} has {space.n_modes}", path)

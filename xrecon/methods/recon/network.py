@@ -46,6 +46,8 @@ class ReconNetConfig:
     Attributes:
         n_modes: number of shape-model coefficients predicted (SD units).
         base_channels, levels: U-Net size (16 / 4 trains on a CPU at 128 px).
+        input_stride: 2 = a stride-2 stem, the U-Net runs at half resolution and
+            the dense output is upsampled bilinearly (about 3x faster on a CPU); 1 = full resolution.
         image_size: square input size the network was trained at (pixels).
         coord_centre_mm: canonical (mean-shape) frame point mapped to 0.
         coord_scale_mm: canonical millimetres per normalised unit.
@@ -56,6 +58,7 @@ class ReconNetConfig:
     n_modes: int
     base_channels: int = 16
     levels: int = 4
+    input_stride: int = 2
     image_size: int = 128
     coord_centre_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     coord_scale_mm: float = 100.0
@@ -65,8 +68,8 @@ class ReconNetConfig:
     def __post_init__(self):
         if self.n_modes < 1:
             raise InputError(f"n_modes must be >= 1, got {self.n_modes}")
-        if self.image_size % 2 ** (self.levels - 1):
-            raise InputError(f"image_size {self.image_size} must be divisible by 2**(levels-1)")
+        if self.image_size % (self.input_stride * 2 ** (self.levels - 1)):
+            raise InputError(f"image_size {self.image_size} must be divisible by input_stride * 2**(levels-1)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -105,7 +108,7 @@ class ReconNet(nn.Module):
     def __init__(self, config: ReconNetConfig):
         super().__init__()
         self.config = config
-        self.unet = UNet(1, N_DENSE_CHANNELS, config.base_channels, config.levels)
+        self.unet = UNet(1, N_DENSE_CHANNELS, config.base_channels, config.levels, config.input_stride)
         c = self.unet.bottleneck_channels
         self.shape_head = nn.Sequential(
             nn.Conv2d(c, 32, 1),
@@ -128,6 +131,8 @@ class ReconNet(nn.Module):
         for up, dec, skip in zip(self.unet.upsamplers, self.unet.decoders, reversed(feats[:-1])):
             x = dec(torch.cat([up(x), skip], dim=1))
         dense = self.unet.head(x)
+        if dense.shape[-2:] != image.shape[-2:]:
+            dense = torch.nn.functional.interpolate(dense, size=image.shape[-2:], mode="bilinear", align_corners=False)
         b, _, h, w = dense.shape
         half, mid = 0.5 * (LOG_SIGMA_MAX - LOG_SIGMA_MIN), 0.5 * (LOG_SIGMA_MAX + LOG_SIGMA_MIN)
         log_sigma = mid + half * torch.tanh((dense[:, 6:8] - mid) / half)

@@ -110,6 +110,17 @@ class ShapeSpace:
 
         return cls.from_shape_model(load_model(name), ISB_TO_RAS.copy())
 
+    @cached_property
+    def fingerprint(self) -> str:
+        """Short hash of the mean, modes and faces: a network trained on one shape
+        model must not be used with another that happens to share its name."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for a in (self.mean_vertices.astype(np.float32), self.modes_mm.astype(np.float32), self.faces.astype(np.int32)):
+            h.update(np.ascontiguousarray(np.round(a, 3)).tobytes())
+        return h.hexdigest()[:16]
+
     @property
     def n_modes(self) -> int:
         return self.modes_mm.shape[0]

@@ -32,6 +32,7 @@ def _dataset_facts(path: Path) -> dict:
     try:
         with h5py.File(path, "r") as h5:
             return {"path": str(path), "n_images": int(len(h5["image"])), "config": json.loads(h5.attrs["config"]),
+                    "shape_model_fingerprint": h5.attrs.get("shape_model_fingerprint"),
                     "generation_seconds": float(h5.attrs.get("seconds", float("nan")))}
     except (OSError, KeyError) as exc:
         raise InputError(f"not a reconstruction dataset ({exc})", path) from exc
@@ -59,6 +60,10 @@ def train_recon(train_h5: str | Path, val_h5: str | Path, config: TrainConfig, *
     facts = {"train": _dataset_facts(train_h5), "val": _dataset_facts(val_h5)}
     shape_name = facts["train"]["config"]["shape_model"]
     space = ShapeSpace.from_shape_model(load_model(shape_name))
+    for split, f in facts.items():
+        if f["shape_model_fingerprint"] not in (None, space.fingerprint):
+            raise InputError(f"the {split} data were simulated with another version of the shape model "
+                             f"{shape_name!r}; simulate them again", f["path"])
     size = int(facts["train"]["config"]["image_size"])
     net_cfg = ReconNetConfig(n_modes=space.n_modes, base_channels=base_channels, levels=levels, image_size=size,
                              coord_centre_mm=tuple(float(c) for c in space.centre_mm), coord_scale_mm=100.0)

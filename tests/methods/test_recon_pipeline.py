@@ -1,0 +1,109 @@
+"""The reconstruction pipeline downstream of the network, fed with planted
+(ground-truth) correspondences: it must return the planted pose and shape, and
+register a CT surface written in any frame to the same camera pose."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from xrecon.geometry import se3
+from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_from_prediction, register_ct_points
+from xrecon.methods.recon.predict import DensePrediction, net_to_image_uv
+from xrecon.methods.recon.shape import ShapeSpace
+from xrecon.methods.recon.targets import view_targets
+from xrecon.metrics.registration import mtre_mm
+
+from test_recon_geometry import posed_camera
+
+
+@pytest.fixture(scope="module")
+def scene():
+    space = ShapeSpace.bundled("pelvis")
+    b = np.zeros(space.n_modes)
+    b[:4] = [0.6, -1.0, 0.7, 0.4]
+    inst = space.instance(b)
+    cam, m2c = posed_camera(space, size=128)
+    tg = view_targets(space, inst, cam)
+    return space, b, inst, cam, m2c, tg
+
+
+def oracle(scene, noise_mm=0.0, b_net=None, seed=0):
+    space, b, inst, cam, m2c, tg = scene
+    vs, us = np.nonzero(tg.mask)
+    uv = np.stack([us, vs], 1).astype(np.float64)
+    can = np.concatenate([tg.canonical[0][:, vs, us].T, tg.canonical[1][:, vs, us].T]).astype(np.float64)
+    can += np.random.default_rng(seed).normal(0, noise_mm, can.shape)
+    return DensePrediction(can, np.concatenate([uv, uv]), np.full(len(can), max(noise_mm, 1.0)),
+                           np.repeat([0, 1], len(us)), tg.mask.astype(float), b if b_net is None else b_net, cam)
+
+
+def test_exact_correspondences_give_the_planted_pose(scene):
+    space, b, inst, cam, m2c, _ = scene
+    rec = reconstruct_from_prediction(oracle(scene), space, cam)
+    assert rec.success and rec.confident, rec.notes
+    rot, trans = se3.pose_errors(torch.as_tensor(rec.model_to_cam), torch.as_tensor(m2c))
+    assert float(rot) < 0.01 and float(trans) < 0.05
+    np.testing.assert_allclose(rec.shape_sd, b, atol=0.01)
+    # the output point cloud projects where the planted pose puts it
+    truth_uv = cam.project(inst[rec.point_ids])[0][0].numpy()
+    assert np.abs(rec.points_uv - truth_uv).max() < 0.05
+    assert rec.points_confidence.max() > 0.9 and rec.points_confidence.min() >= 0.0
+
+
+def test_shape_fit_corrects_a_wrong_shape_mode(scene):
+    space, b, inst, cam, m2c, _ = scene
+    b_wrong = b.copy()
+    b_wrong[1] += 1.0  # mode 2 off by one SD (about 4 mm of surface)
+    plain = reconstruct_from_prediction(oracle(scene, 0.5, b_wrong), space, cam, ReconConfig(refine_shape=False))
+    fitted = reconstruct_from_prediction(oracle(scene, 0.5, b_wrong), space, cam, ReconConfig(refine_shape=True))
+    truth_cam = se3.apply(torch.as_tensor(m2c), torch.as_tensor(inst)).numpy()
+    err_plain = np.linalg.norm(plain.vertices_cam - truth_cam, axis=1).mean()
+    err_fit = np.linalg.norm(fitted.vertices_cam - truth_cam, axis=1).mean()
+    assert abs(fitted.shape_sd[1] - b[1]) < 0.3
+    assert err_fit < 0.5 * err_plain
+
+
+def test_no_bone_fails_with_a_reason(scene):
+    space, b, _, cam, _, _ = scene
+    empty = DensePrediction(np.zeros((0, 3)), np.zeros((0, 2)), np.zeros(0), np.zeros(0, int),
+                            np.zeros((128, 128)), b, cam)
+    rec = reconstruct_from_prediction(empty, space, cam)
+    assert not rec.success and "too little bone" in rec.reason
+    assert not np.isfinite(rec.model_to_cam).any()
+
+
+def test_ct_registration_is_the_same_in_any_ct_frame(scene):
+    """The CT is the instance's surface written in two random rigid frames (one
+    LPS-like, a half turn about z): both give the planted CT-to-camera pose."""
+    space, b, inst, cam, m2c, _ = scene
+    rec = reconstruct_from_prediction(oracle(scene, 1.0), space, cam)
+    assert rec.success
+    rng = np.random.default_rng(3)
+    from xrecon.anatomy.bone import BoneModel
+
+    pts, nrm = BoneModel(inst, space.faces).sample_points(30000, seed=0)
+    results = []
+    for i, flip in enumerate([False, True]):
+        R = se3.random_rotation(1, torch.Generator().manual_seed(10 + i))[0].numpy()
+        model_to_ct = np.eye(4)
+        model_to_ct[:3, :3], model_to_ct[:3, 3] = R, rng.normal(0, 200, 3)
+        if flip:
+            model_to_ct = np.diag([-1.0, -1.0, 1.0, 1.0]) @ model_to_ct
+        ct_pts = pts @ model_to_ct[:3, :3].T + model_to_ct[:3, 3]
+        reg = register_ct_points(rec, ct_pts, nrm @ model_to_ct[:3, :3].T)
+        assert reg.success, reg.reason
+        truth = m2c @ np.linalg.inv(model_to_ct)
+        err = float(mtre_mm(reg.ct_to_cam, truth, ct_pts[:500])[0])
+        assert err < 1.5, err
+        # the same CT points in the camera, whatever frame the CT came in
+        results.append(ct_pts[:500] @ reg.ct_to_cam[:3, :3].T + reg.ct_to_cam[:3, 3])
+    assert np.linalg.norm(results[0] - results[1], axis=1).mean() < 0.5
+
+
+def test_net_to_image_uv_inverts_camera_resizing(scene):
+    _, _, inst, cam, _, _ = scene
+    small = cam.resized(32, 32)
+    uv_small = small.project(inst[:50])[0][0].numpy()
+    uv_full = cam.project(inst[:50])[0][0].numpy()
+    np.testing.assert_allclose(net_to_image_uv(uv_small, (32, 32), (128, 128)), uv_full, atol=1e-9)
