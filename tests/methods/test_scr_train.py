@@ -72,6 +72,10 @@ def test_model_file_round_trip_and_register(trained):
     assert info.camera.height == 32 and info.targets_world.shape == (8, 3) and info.ct["structures"] == ["ellipsoid"]
     side = json.loads(path.with_suffix(".json").read_text())
     assert side["format"] == "xrecon-scr" and "state_dict" not in side
+    # the stored inference settings are the validation-best candidate
+    records = info.training["inference_calibration"]
+    best = min(records, key=lambda r: (r["gfr10"], r["median_mtre_mm"]))
+    assert len(records) == 8 and info.inference == best["config"]
     ds = EllipsoidDataset(1, seed=7)
     res = register_scr(ds.image[0], ds.camera[0], path)
     assert res.world_to_cam.shape == (4, 4) and res.timings_s["network"] > 0
