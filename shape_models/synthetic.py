@@ -97,3 +97,59 @@ def partial_point_cloud(vertices: np.ndarray, faces: np.ndarray, n_points: int =
     order = rng.permutation(len(allp))
     T = random_rigid(rng) if random_frame else np.eye(4)
     return PartialCloud(apply_transform(T, allp[order]), is_out[order], T)
+
+
+def look_at_camera(target_world: np.ndarray, view_direction: np.ndarray, up_world: np.ndarray,
+                   source_to_target_mm: float = 750.0, sdd_mm: float = 1000.0, size_px: int = 512,
+                   pixel_spacing_mm: float = 0.8):
+    """A :class:`xrecon.geometry.Camera` whose central ray passes through ``target_world (3,)``.
+
+    ``view_direction (3,)``: from the source toward the target (camera +z);
+    ``up_world (3,)``: world direction shown up in the image (camera -y).
+    """
+    import torch
+
+    from xrecon.geometry.camera import Camera
+
+    z = np.asarray(view_direction, np.float64)
+    z = z / np.linalg.norm(z)
+    up = np.asarray(up_world, np.float64)
+    y = -(up - (up @ z) * z)
+    y /= np.linalg.norm(y)
+    x = np.cross(y, z)
+    R = np.stack([x, y, z])  # rows: camera axes in world coordinates
+    source = np.asarray(target_world, np.float64) - source_to_target_mm * z
+    world_to_cam = np.eye(4)
+    world_to_cam[:3, :3] = R
+    world_to_cam[:3, 3] = -R @ source
+    return Camera.from_detector(sdd_mm, pixel_spacing_mm, size_px, size_px, torch.as_tensor(world_to_cam))
+
+
+def biplanar_cameras(target_world: np.ndarray, **kwargs):
+    """Two views 90 degrees apart around the superior (+y) axis of the model frame:
+    anteroposterior (looking along -x, the ISB anterior axis) and lateral (along -z)."""
+    import torch
+
+    from xrecon.geometry.camera import Camera
+
+    ap = look_at_camera(target_world, [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], **kwargs)
+    lat = look_at_camera(target_world, [0.0, 0.0, -1.0], [0.0, 1.0, 0.0], **kwargs)
+    return Camera(torch.cat([ap.K, lat.K]), torch.cat([ap.world_to_cam, lat.world_to_cam]), ap.height, ap.width,
+                  ap.pixel_spacing_mm)
+
+
+def render_silhouette(vertices: np.ndarray, faces: np.ndarray, camera, view: int = 0) -> np.ndarray:
+    """Binary silhouette ``(H, W)`` of a mesh: a pixel is set when the ray through its
+    centre hits the surface (open3d ray casting; independent of the fitter's outline code)."""
+    import open3d as o3d
+
+    mesh = o3d.t.geometry.TriangleMesh()
+    mesh.vertex.positions = o3d.core.Tensor(np.asarray(vertices, np.float32))
+    mesh.triangle.indices = o3d.core.Tensor(np.asarray(faces, np.int32))
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(mesh)
+    cam = camera[view]
+    origin, direction = cam.rays_world(cam.pixel_grid())
+    rays = np.concatenate([origin[0].numpy(), direction[0].numpy()], axis=1).astype(np.float32)
+    hit = scene.test_occlusions(o3d.core.Tensor(rays)).numpy()
+    return hit.reshape(cam.height, cam.width)
