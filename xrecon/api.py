@@ -39,8 +39,9 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
     Args:
         image: a file path (PNG / TIFF / DICOM / ..., read by
             :func:`xrecon.anatomy.xray_io.read_xray`) or an ``(H, W)`` array.
-        camera: a :class:`Camera`, a camera JSON path (``Camera.to_dict``
-            layout), or ``None`` (the image's sidecar JSON, or ``sdd_mm`` +
+        camera: a :class:`Camera`, a camera / geometry JSON path (``Camera.save``
+            layout or a sidecar of :func:`~xrecon.anatomy.xray_io.read_xray`), or
+            ``None`` (the image's own sidecar ``<image>.json``, or ``sdd_mm`` +
             ``pixel_spacing_mm``).
         sdd_mm, pixel_spacing_mm: detector geometry when there is no camera file.
 
@@ -48,18 +49,17 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
     """
     from xrecon.anatomy.xray_io import read_xray
 
-    cam = None
-    if isinstance(camera, Camera):
-        cam = camera
-    elif camera is not None:
-        cam = Camera.load(camera)
-    if isinstance(image, (str, Path)):
-        img, file_cam = _read_with_geometry(read_xray, image, cam, sdd_mm, pixel_spacing_mm)
-        cam = cam or file_cam
-        source = str(image)
+    cam = camera if isinstance(camera, Camera) else None
+    source = str(image) if isinstance(image, (str, Path)) else None
+    if source is not None:
+        if cam is not None:  # the caller's camera wins; the reader only needs some geometry
+            img, _ = read_xray(image, sdd_mm=float(cam.sdd_mm[0]), pixel_spacing_mm=cam.pixel_spacing_mm)
+        else:
+            img, cam = read_xray(image, sidecar=camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     else:
+        if camera is not None and cam is None:
+            cam = Camera.load(camera)
         img = np.asarray(image, np.float32)
-        source = None
         if img.ndim != 2:
             raise InputError(f"expected a grey-level (H, W) image, got an array of shape {img.shape}")
         if cam is None:
@@ -72,14 +72,6 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
         raise InputError(f"the image is {img.shape[0]}x{img.shape[1]} px but its camera describes "
                          f"{cam.height}x{cam.width} px", source)
     return img, cam
-
-
-def _read_with_geometry(read_xray, path, cam, sdd_mm, pixel_spacing_mm):
-    """read_xray with the geometry the user gave; with an explicit camera the file's own
-    geometry is not needed (pass the camera's so the reader does not insist on a sidecar)."""
-    if cam is not None:
-        return read_xray(path, sdd_mm=float(cam.sdd_mm[0]), pixel_spacing_mm=cam.pixel_spacing_mm[0])
-    return read_xray(path, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
 
 
 def reconstruct(image, camera=None, *, sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,

@@ -5,17 +5,23 @@ and is moved into place only when every file has been written, so a failed
 run leaves no partial outputs (:func:`staged_output`).
 
 ``reconstruct`` writes:
-    ``reconstruction_cam.ply`` / ``.stl``  the posed mesh, camera frame, mm;
+    ``reconstruction_cam.ply`` / ``.stl``  the posed mesh, camera frame, mm
+                        (each with a ``.json`` sidecar naming the frame);
     ``points.csv``      N points of the reconstruction: vertex id, camera-frame
                         and model-frame xyz (mm), image (u, v) (px), confidence;
-    ``points_cam.ply``  the same points as a point cloud (camera frame);
-    ``pose.json``       ``model_to_cam``, the camera, shape coefficients,
-                        confidence and notes, the frames named;
+    ``points_cam.ply``  the same points as a PLY point cloud (camera frame) with
+                        per-point properties ``uv_0, uv_1`` (px), ``confidence``,
+                        ``vertex_id``;
+    ``pose.json``       ``{"from_frame": model, "to_frame": camera, "matrix":
+                        model_to_cam}`` plus the camera, shape coefficients,
+                        confidence and notes (:func:`xrecon.anatomy.mesh_io.write_pose`);
     ``overlay.png``     the reconstruction's outline (green) and the PnP inlier
                         pixels (cyan) over the X-ray.
 ``register`` writes:
-    ``registration.json``  ``ct_to_cam`` (and ``ct_to_cam_refined``), frames,
-                        confidence, diagnostics of every stage;
+    ``registration.json``  ``{"from_frame": ct, "to_frame": camera, "matrix":
+                        final ct_to_cam}`` plus ``ct_to_cam`` before and
+                        ``ct_to_cam_refined`` after refinement, confidence and
+                        the diagnostics of every stage;
     ``ct_bone_cam.ply``  the CT's bone surface posed in the camera (final pose);
     ``overlay.png``     the CT bone outline over the X-ray: yellow before
                         refinement, green after (green only without --refine).
@@ -23,7 +29,6 @@ run leaves no partial outputs (:func:`staged_output`).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -55,25 +60,11 @@ def staged_output(out_dir: str | Path):
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=_json_default))
+def _write_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray, frame: str, source: str) -> None:
+    from xrecon.anatomy.bone import BoneModel
+    from xrecon.anatomy.mesh_io import write_mesh
 
-
-def _json_default(o):
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _write_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray | None) -> None:
-    import trimesh
-
-    if faces is None:
-        trimesh.PointCloud(np.asarray(vertices)).export(path)
-    else:
-        trimesh.Trimesh(np.asarray(vertices), np.asarray(faces), process=False).export(path)
+    write_mesh(path, BoneModel(vertices, faces, frame=frame, source=source))
 
 
 def _camera_dict(camera) -> dict:
@@ -82,13 +73,13 @@ def _camera_dict(camera) -> dict:
     return d
 
 
+MODEL_FRAME = ("shape model frame (bundled pelvis: articulated-ssm anatomical frame, origin midway between the "
+               "ASIS, +x anterior, +y superior, +z right), mm")
+
+
 def reconstruction_json(rec, space_name: str, model_info: dict | None = None) -> dict:
-    """The ``pose.json`` content of a :class:`~xrecon.methods.recon.pipeline.Reconstruction`."""
+    """The extra keys of ``pose.json`` for a :class:`~xrecon.methods.recon.pipeline.Reconstruction`."""
     return {
-        "frames": {"camera": CAMERA_FRAME,
-                   "model": "shape model frame (bundled pelvis: articulated-ssm anatomical frame, origin midway "
-                            "between the ASIS, +x anterior, +y superior, +z right), mm"},
-        "model_to_cam": rec.model_to_cam,
         "camera": _camera_dict(rec.camera),
         "shape_model": space_name,
         "shape_sd": rec.shape_sd,
@@ -107,16 +98,21 @@ def write_reconstruction(out_dir: str | Path, rec, image: np.ndarray, space_name
     if not rec.success:
         raise InputError(f"no reconstruction: {rec.reason}")
     with staged_output(out_dir) as stage:
+        from xrecon.anatomy.mesh_io import write_points, write_pose
+
         v_cam = rec.vertices_cam
-        _write_mesh(stage / "reconstruction_cam.ply", v_cam, rec.faces)
-        _write_mesh(stage / "reconstruction_cam.stl", v_cam, rec.faces)
+        src = f"xrecon reconstruct ({space_name} shape model)"
+        _write_mesh(stage / "reconstruction_cam.ply", v_cam, rec.faces, CAMERA_FRAME, src)
+        _write_mesh(stage / "reconstruction_cam.stl", v_cam, rec.faces, CAMERA_FRAME, src)
         pc, pm = rec.points_cam, rec.points_model
         table = np.column_stack([rec.point_ids, pc, pm, rec.points_uv, rec.points_confidence])
         header = "vertex_id,x_cam_mm,y_cam_mm,z_cam_mm,x_model_mm,y_model_mm,z_model_mm,u_px,v_px,confidence"
         np.savetxt(stage / "points.csv", table, delimiter=",", header=header, comments="",
                    fmt=["%d"] + ["%.3f"] * 8 + ["%.3f"])
-        _write_mesh(stage / "points_cam.ply", pc, None)
-        _write_json(stage / "pose.json", reconstruction_json(rec, space_name, model_info))
+        write_points(stage / "points_cam.ply", pc, {"uv": rec.points_uv, "confidence": rec.points_confidence,
+                                                    "vertex_id": rec.point_ids.astype(np.int32)}, frame=CAMERA_FRAME)
+        write_pose(stage / "pose.json", rec.model_to_cam, MODEL_FRAME, CAMERA_FRAME,
+                   **reconstruction_json(rec, space_name, model_info))
         mask = silhouette(v_cam, rec.faces, rec.camera.with_pose(np.eye(4)))
         rgb = draw_overlay(image, [(mask, GREEN)], [(rec.corr_uv[rec.inliers], CYAN)])
         save_png(rgb, stage / "overlay.png")
@@ -124,17 +120,19 @@ def write_reconstruction(out_dir: str | Path, rec, image: np.ndarray, space_name
     return [Path(out_dir) / n for n in sorted(names)]
 
 
+def ct_frame(result) -> str:
+    return (f"the CT's world frame as read, RAS+ mm ({result.bone.source}); files stored LPS are converted on "
+            "reading: for LPS coordinates use matrix @ diag(-1, -1, 1, 1)")
+
+
 def registration_json(result, model_info: dict | None = None) -> dict:
-    """The ``registration.json`` content of an :class:`xrecon.api.Registration`."""
+    """The extra keys of ``registration.json`` for an :class:`xrecon.api.Registration`."""
     rec, reg = result.reconstruction, result.registration
     confident = bool(reg.confident and (result.ct_to_cam_refined is not None or not result.refine_info))
     return {
-        "frames": {"camera": CAMERA_FRAME,
-                   "ct": f"the CT's world frame as read, RAS+ mm ({result.bone.source}); LPS files are converted "
-                         "on reading: for LPS coordinates use ct_to_cam @ diag(-1, -1, 1, 1)"},
+        "matrix_is": "ct_to_cam_refined" if result.ct_to_cam_refined is not None else "ct_to_cam",
         "ct_to_cam": result.ct_to_cam,
         "ct_to_cam_refined": result.ct_to_cam_refined,
-        "ct_to_cam_final": result.final_ct_to_cam,
         "camera": _camera_dict(result.camera),
         "success": bool(reg.success),
         "confident": confident,
@@ -159,8 +157,12 @@ def write_registration(out_dir: str | Path, result, model_info: dict | None = No
         return bone.vertices @ T[:3, :3].T + T[:3, 3]
 
     with staged_output(out_dir) as stage:
-        _write_json(stage / "registration.json", registration_json(result, model_info))
-        _write_mesh(stage / "ct_bone_cam.ply", posed(result.final_ct_to_cam), bone.faces)
+        from xrecon.anatomy.mesh_io import write_pose
+
+        write_pose(stage / "registration.json", result.final_ct_to_cam, ct_frame(result), CAMERA_FRAME,
+                   **registration_json(result, model_info))
+        _write_mesh(stage / "ct_bone_cam.ply", posed(result.final_ct_to_cam), bone.faces, CAMERA_FRAME,
+                    f"CT bone surface of {bone.source}")
         masks = []
         if result.ct_to_cam_refined is not None:
             masks.append((silhouette(posed(result.ct_to_cam), bone.faces, cam0), YELLOW))

@@ -1,0 +1,344 @@
+"""Benchmark of the patient-wide reconstruction and CT registration (issue 6).
+
+Held-out *test* subjects of the bundled pelvis shape model, each turned into a
+CT-like phantom and simulated at held-out seed-002 poses (128 px, the cpu128
+detector). Per case:
+
+* reconstruction: ASSD of the posed reconstruction to the posed truth (camera
+  frame, mm), ASSD after a similarity alignment (shape only, model frame), and
+  the baseline "mean shape posed by the true camera";
+* registration: the subject's phantom CT written in a random rigid frame (half
+  of them LPS-flipped), its bone surface from its label map, registered through
+  the reconstruction; mTRE over 500 surface points of the bone (camera frame),
+  GFR at 10 / 5 mm, before and after intensity refinement (a subset);
+* frame invariance: a few CTs written in 5 frames; mTRE between the runs;
+* time per image of each stage.
+
+    python benchmarks/bench_recon.py [--quick] [--model PATH]
+
+Writes benchmarks/results/bench_recon.{json,md,png}. Simulated data only.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+log = logging.getLogger("bench_recon")
+
+
+def percentiles(x) -> dict:
+    x = np.asarray(x, np.float64)
+    ok = x[np.isfinite(x)]
+    out = {"n": int(len(x)), "n_failed": int((~np.isfinite(x)).sum())}
+    if len(ok):
+        out.update({"p25": float(np.percentile(ok, 25)), "median": float(np.median(ok)),
+                    "p95": float(np.percentile(ok, 95)), "mean": float(ok.mean()), "std": float(ok.std())})
+    return out
+
+
+def gfr(x, threshold) -> float:
+    x = np.asarray(x, np.float64)
+    return float(np.mean(~(x <= threshold))) if len(x) else float("nan")  # NaN (failed) counts as failure
+
+
+def random_frame(rng: np.random.Generator, lps: bool) -> np.ndarray:
+    """A random rigid ``world_to_ct`` (any rotation, offset up to ~300 mm), optionally LPS-flipped."""
+    from xrecon.geometry import se3
+
+    R = se3.random_rotation(1, torch.Generator().manual_seed(int(rng.integers(1 << 31))))[0].numpy()
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, rng.uniform(-300, 300, 3)
+    if lps:
+        T = np.diag([-1.0, -1.0, 1.0, 1.0]) @ T
+    return T
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a few cases (smoke run)")
+    ap.add_argument("--model", default=None, help="model file (default: the shipped weights)")
+    ap.add_argument("--views", type=int, default=4, help="views per test subject")
+    ap.add_argument("--n-register", type=int, default=40, help="cases registered to their CT")
+    ap.add_argument("--n-refine", type=int, default=12, help="registered cases refined by intensity")
+    ap.add_argument("--n-frames-cases", type=int, default=2, help="cases registered in 5 CT frames")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--data", default=str(ROOT / "data" / "recon_bench"), help="cache of the simulated test set")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        args.views, args.n_register, args.n_refine, args.n_frames_cases = 1, 4, 1, 1
+
+    import h5py
+    from tqdm import tqdm
+
+    from xrecon.anatomy.bone import BoneModel, bone_from_labels
+    from xrecon.api import refine_pose
+    from xrecon.geometry import Camera
+    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of
+    from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
+    from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points
+    from xrecon.metrics.registration import mtre_mm
+    from xrecon.metrics.shape import surface_distance
+    from xrecon.solve.align3d import umeyama
+
+    net, space, info = load_recon_model(args.model)
+    data_cfg = ReconDataConfig(split="test", views_per_shape=args.views, protocol="seed002", seed=1000,
+                               n_shapes=3 if args.quick else None)
+    data_path = Path(args.data) / f"test_{space.fingerprint}_{args.views}v{'_quick' if args.quick else ''}.h5"
+    if not data_path.is_file():
+        log.info("simulating the test set into %s", data_path)
+        generate_dataset(data_path, data_cfg)
+    with h5py.File(data_path, "r") as h5:
+        images = h5["image"][:]
+        shape_sd = h5["shape_sd"][:]
+        model_to_cam = h5["model_to_cam"][:]
+        world_to_cam = h5["world_to_cam"][:]
+        K = h5["K"][:]
+        subject = h5["subject"][:]
+        spacing = tuple(h5.attrs["pixel_spacing_mm"])
+    n = len(images)
+    size = images.shape[-1]
+    m2w = model_to_world(space)
+    faces = space.faces
+    cfg = ReconConfig()
+    cases = []
+    t_start = time.monotonic()
+    for i in tqdm(range(n), desc="reconstruct"):
+        cam = Camera(K[i], np.eye(4), size, size, spacing)
+        rec = reconstruct_image(net, space, images[i], cam, cfg)
+        truth_model = space.instance(shape_sd[i])
+        T = model_to_cam[i]
+        truth_cam = truth_model @ T[:3, :3].T + T[:3, 3]
+        mean_cam = space.mean_vertices @ T[:3, :3].T + T[:3, 3]
+        c = {"index": i, "subject": int(subject[i]), "success": bool(rec.success), "confident": bool(rec.confident),
+             "time_s": rec.timings_s.get("total", float("nan")),
+             "baseline_mean_shape_assd_mm": surface_distance((mean_cam, faces), (truth_cam, faces), 5000).assd}
+        if rec.success:
+            c["posed_assd_mm"] = surface_distance((rec.vertices_cam, faces), (truth_cam, faces), 5000).assd
+            sim = umeyama(rec.vertices_model, truth_model, with_scale=True)
+            aligned = sim.apply(rec.vertices_model)
+            c["similarity_assd_mm"] = surface_distance((aligned, faces), (truth_model, faces), 5000).assd
+            c["size_ratio_pred_over_true"] = 1.0 / float(sim.scale)
+            c["size_sd_error"] = float(rec.shape_sd[0] - shape_sd[i][0])
+            c["depth_error_mm"] = float(rec.vertices_cam[:, 2].mean() - truth_cam[:, 2].mean())
+        else:
+            c["posed_assd_mm"] = c["similarity_assd_mm"] = float("nan")
+            c["reason"] = rec.reason
+        c["_rec"] = rec
+        cases.append(c)
+    t_recon = time.monotonic() - t_start
+
+    # ---- registration through the reconstruction
+    rng = np.random.default_rng(7)
+    ct_cache: dict[int, tuple] = {}
+
+    def ct_of(i):
+        s = int(subject[i])
+        if s not in ct_cache:
+            ct, labels = phantom_of(space, space.instance(shape_sd[i]), ReconDataConfig(phantom_spacing_mm=2.0),
+                                    seed=1000 + s)
+            bone = bone_from_labels(labels, cache=False)
+            ct_cache[s] = (ct, labels, bone)
+        return ct_cache[s]
+
+    order = np.argsort([c["index"] % args.views * 10000 + c["subject"] for c in cases], kind="stable")
+    reg_ids = [int(j) for j in order[: args.n_register]]
+    reg_rows = []
+    for k, i in enumerate(tqdm(reg_ids, desc="register")):
+        ct, labels, bone = ct_of(i)
+        world_to_ct = random_frame(rng, lps=bool(k % 2))
+        bone_ct = bone.transformed(world_to_ct)
+        pts, nrm = bone_ct.sample_points(30000, seed=0)
+        truth = world_to_cam[i] @ np.linalg.inv(world_to_ct)
+        targets = bone_ct.vertices[np.random.default_rng(0).choice(len(bone_ct.vertices), 500, replace=False)]
+        t0 = time.monotonic()
+        reg = register_ct_points(cases[i]["_rec"], pts, nrm, cfg)
+        row = {"index": i, "subject": int(subject[i]), "lps": bool(k % 2), "success": bool(reg.success),
+               "confident": bool(reg.confident), "time_s": time.monotonic() - t0,
+               "mtre_mm": float(mtre_mm(reg.ct_to_cam, truth, targets)[0]) if reg.success else float("nan"),
+               "scale_recon_over_ct": reg.scale}
+        if k < args.n_refine and reg.success:
+            t1 = time.monotonic()
+            refined, rinfo = refine_pose(images[i], Camera(K[i], np.eye(4), size, size, spacing),
+                                         ct.transformed(world_to_ct), reg.ct_to_cam)
+            pose = refined if refined is not None else reg.ct_to_cam
+            row.update({"refined_mtre_mm": float(mtre_mm(pose, truth, targets)[0]), "refine_time_s": time.monotonic() - t1,
+                        "refine_improved": refined is not None, "refine_similarity": [rinfo["similarity_init"],
+                                                                                       rinfo["similarity_final"]]})
+        elif k < args.n_refine:
+            row.update({"refined_mtre_mm": float("nan"), "refine_time_s": float("nan")})
+        reg_rows.append(row)
+
+    # ---- frame invariance: the same CT in 5 frames
+    inv_rows = []
+    for i in reg_ids[: args.n_frames_cases]:
+        _, _, bone = ct_of(i)
+        targets_w = bone.vertices[::max(1, len(bone.vertices) // 500)]
+        est_world_to_cam = []
+        for f in range(5):
+            w2ct = random_frame(np.random.default_rng(100 + f), lps=bool(f % 2)) if f else np.eye(4)
+            b = bone.transformed(w2ct)
+            pts, nrm = b.sample_points(30000, seed=0)
+            reg = register_ct_points(cases[i]["_rec"], pts, nrm, cfg)
+            est_world_to_cam.append(reg.ct_to_cam @ w2ct)
+        diffs = [float(mtre_mm(e, est_world_to_cam[0], targets_w)[0]) for e in est_world_to_cam[1:]]
+        inv_rows.append({"index": i, "mtre_between_runs_mm": diffs, "max_mm": float(np.nanmax(diffs))})
+
+    # ---- summary
+    def col(rows, key):
+        return [r.get(key, float("nan")) for r in rows]
+
+    posed = col(cases, "posed_assd_mm")
+    base = col(cases, "baseline_mean_shape_assd_mm")
+    summary = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU (shared 2-core machine)",
+        "data": (f"bundled pelvis shape model (articulated-ssm), test split: {len(set(subject.tolist()))} held-out "
+                 f"subjects x {args.views} seed-002 poses, CT-like phantoms (xrecon.anatomy.phantom), DRR 128 px "
+                 "(cpu128 detector); simulated, no real X-rays"),
+        "model": {"file": str(args.model or DEFAULT_MODEL), "command": info.get("command"),
+                  "epochs": info.get("epochs_run")},
+        "reconstruction": {
+            "posed_assd_mm": percentiles(posed),
+            "similarity_aligned_assd_mm": percentiles(col(cases, "similarity_assd_mm")),
+            "baseline_mean_shape_true_pose_assd_mm": percentiles(base),
+            "improvement_over_baseline_median": (1 - np.nanmedian(posed) / np.nanmedian(base)) if n else None,
+            "size_ratio_pred_over_true": percentiles(col(cases, "size_ratio_pred_over_true")),
+            "depth_error_mm": percentiles(np.abs(col(cases, "depth_error_mm"))),
+            "success_rate": float(np.mean([c["success"] for c in cases])),
+            "confident_rate": float(np.mean([c["confident"] for c in cases])),
+            "time_per_image_s": percentiles(col(cases, "time_s")),
+        },
+        "registration": {
+            "mtre_mm": percentiles(col(reg_rows, "mtre_mm")),
+            "gfr10": gfr(col(reg_rows, "mtre_mm"), 10.0), "gfr5": gfr(col(reg_rows, "mtre_mm"), 5.0),
+            "time_per_case_s": percentiles(col(reg_rows, "time_s")),
+            "refined_subset": {
+                "n": len([r for r in reg_rows if "refined_mtre_mm" in r]),
+                "mtre_before_mm": percentiles([r["mtre_mm"] for r in reg_rows if "refined_mtre_mm" in r]),
+                "mtre_after_mm": percentiles(col([r for r in reg_rows if "refined_mtre_mm" in r], "refined_mtre_mm")),
+                "gfr10_after": gfr(col([r for r in reg_rows if "refined_mtre_mm" in r], "refined_mtre_mm"), 10.0),
+                "time_per_case_s": percentiles(col([r for r in reg_rows if "refined_mtre_mm" in r], "refine_time_s")),
+            },
+        },
+        "frame_invariance": {"cases": inv_rows,
+                             "max_mtre_between_runs_mm": max([r["max_mm"] for r in inv_rows], default=float("nan"))},
+        "wall_time_s": {"reconstruction": t_recon, "total": time.monotonic() - t_start},
+        "command": " ".join(["python", "benchmarks/bench_recon.py"] + (argv if argv is not None else sys.argv[1:])),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "bench_recon_quick" if args.quick else "bench_recon"
+    out_cases = [{k: v for k, v in c.items() if k != "_rec"} for c in cases]
+    (RESULTS / f"{name}.json").write_text(json.dumps({"summary": summary, "cases": out_cases,
+                                                       "registration_cases": reg_rows}, indent=1, default=float))
+    (RESULTS / f"{name}.md").write_text(markdown(summary))
+    figure(cases[: 4 * args.views: args.views] if n >= 4 * args.views else cases[:4], images, shape_sd,
+           model_to_cam, space, RESULTS / f"{name}.png")
+    print(markdown(summary))
+    return 0
+
+
+def fmt(p: dict, key: str = "median") -> str:
+    v = p.get(key)
+    return "-" if v is None else f"{v:.2f}"
+
+
+def markdown(s: dict) -> str:
+    r, g = s["reconstruction"], s["registration"]
+    rs = g["refined_subset"]
+    lines = [
+        "# bench_recon: patient-wide reconstruction and CT registration",
+        "",
+        f"Date {s['date']}; machine: {s['machine']}.",
+        f"Data: {s['data']}.",
+        f"Model: `{s['model']['file']}` ({s['model']['epochs']} epochs; command: `{s['model']['command']}`).",
+        f"Command: `{s['command']}`.",
+        "",
+        "| reconstruction (mm) | p25 | median | p95 | mean | n |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, key in [("ASSD posed (camera frame)", "posed_assd_mm"),
+                      ("ASSD after similarity alignment (shape only)", "similarity_aligned_assd_mm"),
+                      ("baseline: mean shape at the true pose, ASSD", "baseline_mean_shape_true_pose_assd_mm"),
+                      ("abs. depth error of the centroid", "depth_error_mm")]:
+        p = r[key]
+        lines.append(f"| {name} | {fmt(p, 'p25')} | {fmt(p)} | {fmt(p, 'p95')} | {fmt(p, 'mean')} | {p['n']} |")
+    imp = r["improvement_over_baseline_median"]
+    lines += [
+        "",
+        f"Posed ASSD vs the baseline (medians): {100 * imp:.0f} % lower." if imp is not None else "",
+        f"Predicted / true size (median): {fmt(r['size_ratio_pred_over_true'])}; reconstruction success "
+        f"{100 * r['success_rate']:.0f} %, flagged confident {100 * r['confident_rate']:.0f} %; "
+        f"time per image median {fmt(r['time_per_image_s'])} s.",
+        "",
+        "| CT registration | p25 | median | p95 | GFR@10 | GFR@5 | n | s / case |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| before refinement (all) | {fmt(g['mtre_mm'], 'p25')} | {fmt(g['mtre_mm'])} | {fmt(g['mtre_mm'], 'p95')} | "
+        f"{100 * g['gfr10']:.1f} % | {100 * g['gfr5']:.1f} % | {g['mtre_mm']['n']} | {fmt(g['time_per_case_s'])} |",
+        f"| before refinement (refined subset) | {fmt(rs['mtre_before_mm'], 'p25')} | {fmt(rs['mtre_before_mm'])} | "
+        f"{fmt(rs['mtre_before_mm'], 'p95')} | - | - | {rs['n']} | - |",
+        f"| after intensity refinement | {fmt(rs['mtre_after_mm'], 'p25')} | {fmt(rs['mtre_after_mm'])} | "
+        f"{fmt(rs['mtre_after_mm'], 'p95')} | {100 * rs['gfr10_after']:.1f} % | - | {rs['n']} | "
+        f"{fmt(rs['time_per_case_s'])} |",
+        "",
+        "mTRE: mean distance of 500 bone-surface points of the CT under the estimated and the true CT-to-camera "
+        "pose (camera frame, mm); failed cases count as failures in GFR.",
+        f"Same CT in 5 frames (random rotations and offsets, LPS flips): largest mTRE between runs "
+        f"{s['frame_invariance']['max_mtre_between_runs_mm']:.3f} mm.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figure(cases, images, shape_sd, model_to_cam, space, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(cases)
+    fig, ax = plt.subplots(n, 3, figsize=(11, 3.6 * n), squeeze=False)
+    for row, c in enumerate(cases):
+        i, rec = c["index"], c["_rec"]
+        ax[row, 0].imshow(images[i], cmap="gray")
+        ax[row, 0].set_title(f"input (subject {c['subject']})")
+        ax[row, 1].imshow(images[i], cmap="gray")
+        if rec.success:
+            uv = rec.corr_uv[rec.inliers]
+            ax[row, 1].scatter(uv[:, 0], uv[:, 1], s=1, c="c", alpha=0.4)
+            pu = rec.points_uv
+            ax[row, 1].scatter(pu[:, 0], pu[:, 1], s=2, c=rec.points_confidence, cmap="autumn", alpha=0.7)
+        ax[row, 1].set_xlim(0, images.shape[-1])
+        ax[row, 1].set_ylim(images.shape[-2], 0)
+        ax[row, 1].set_title("inlier pixels (cyan), reconstruction points")
+        T = model_to_cam[i]
+        truth = space.instance(shape_sd[i]) @ T[:3, :3].T + T[:3, 3]
+        sub = slice(None, None, 15)
+        ax[row, 2].scatter(truth[sub, 0], truth[sub, 2], s=1, c="k", label="truth")
+        if rec.success:
+            v = rec.vertices_cam
+            ax[row, 2].scatter(v[sub, 0], v[sub, 2], s=1, c="r", alpha=0.5, label="reconstruction")
+        ax[row, 2].set_xlabel("x (mm, camera)")
+        ax[row, 2].set_ylabel("depth z (mm)")
+        ax[row, 2].set_title(f"top view; posed ASSD {c.get('posed_assd_mm', float('nan')):.1f} mm")
+        ax[row, 2].legend(markerscale=5, fontsize=7)
+        ax[row, 2].set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Network, loss, data set and model file of the reconstruction (small sizes)."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from xrecon.errors import InputError
+from xrecon.methods.recon.loss import ReconLoss
+from xrecon.methods.recon.network import LOG_SIGMA_MAX, LOG_SIGMA_MIN, ReconNet, ReconNetConfig
+
+
+def tiny_config(**kw):
+    base = dict(n_modes=4, base_channels=8, levels=3, image_size=32, coord_centre_mm=(1.0, 2.0, 3.0))
+    base.update(kw)
+    return ReconNetConfig(**base)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_outputs_have_their_shapes_and_bounds(stride):
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config(input_stride=stride, b_max=2.0))
+    with torch.no_grad():
+        out = net(torch.randn(3, 1, 32, 32) * 1000)
+    assert out.coords.shape == (3, 2, 3, 32, 32)
+    assert out.log_sigma.shape == (3, 2, 32, 32) and out.mask_logit.shape == (3, 32, 32)
+    assert out.shape_sd.shape == (3, 4)
+    assert out.shape_sd.abs().max() < 2.0
+    assert LOG_SIGMA_MIN <= float(out.log_sigma.min()) and float(out.log_sigma.max()) <= LOG_SIGMA_MAX
+    p = torch.tensor([[10.0, 20.0, 30.0]])
+    assert torch.allclose(net.denormalize(net.normalize(p)), p)
+
+
+def test_config_rejects_sizes_the_unet_cannot_take():
+    with pytest.raises(InputError, match="divisible"):
+        ReconNetConfig(n_modes=2, levels=4, input_stride=2, image_size=40)
+
+
+def _batch(net, b=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(b, 32, 32)
+    mask[:, 8:24, 10:22] = 1
+    canonical = torch.randn(b, 2, 3, 32, 32, generator=g) * 30 * mask[:, None, None]
+    return {"image": mask[:, None] + 0.1 * torch.randn(b, 1, 32, 32, generator=g), "mask": mask,
+            "canonical": canonical, "shape_sd": torch.randn(b, 4, generator=g)}
+
+
+def test_loss_is_zero_error_for_a_perfect_prediction_and_learns():
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config())
+    modes = torch.randn(4, 50, 3) * 5
+    loss = ReconLoss(modes, net.centre_mm, float(net.scale_mm))
+    batch = _batch(net)
+    out = net(batch["image"])
+    perfect = out._replace(coords=net.normalize(batch["canonical"].permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3),
+                           shape_sd=batch["shape_sd"])
+    terms = loss.per_case(perfect, batch)
+    assert torch.allclose(terms["coord"], torch.zeros(4), atol=1e-6)
+    assert torch.allclose(terms["shape_mm"], torch.zeros(4), atol=1e-5)
+    # a few steps on one batch lower the loss (the gradients reach every head)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(25):
+        value, logs = loss(net, batch)
+        first = first if first is not None else float(value)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert float(value) < 0.7 * first
+    assert {"coord_mm", "shape_mm", "mask_iou"} <= set(loss.metrics(net, batch))
+
+
+def test_model_file_round_trip_and_checks(tmp_path):
+    from xrecon.methods.recon.model_io import load_recon_model, save_recon_model
+    from xrecon.methods.recon.shape import ShapeSpace
+
+    space = ShapeSpace.bundled("pelvis")
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config(n_modes=space.n_modes)).eval()
+    path = tmp_path / "m.pt"
+    save_recon_model(path, net, space, "pelvis", {"command": "test"})
+    net2, space2, info = load_recon_model(path)
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x).coords, net2(x).coords)
+    assert info["command"] == "test" and space2.fingerprint == space.fingerprint
+    assert path.with_suffix(".json").is_file()
+    state = torch.load(path, weights_only=False)
+    state["shape_model_fingerprint"] = "0" * 16
+    torch.save(state, tmp_path / "other.pt")
+    with pytest.raises(InputError, match="another version of the shape model"):
+        load_recon_model(tmp_path / "other.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(InputError, match="cannot read"):
+        load_recon_model(tmp_path / "junk.pt")
+
+
+def test_generated_views_agree_with_their_targets(tmp_path):
+    """A tiny simulated set: the DRR is brighter where the targets say the bone is,
+    and the reader returns what was written."""
+    from xrecon.methods.recon.data import ReconDataConfig, ReconH5Dataset, XrayAugment, generate_dataset
+
+    cfg = ReconDataConfig(split="val", n_shapes=1, views_per_shape=2, protocol="seed002", image_size=32,
+                          phantom_spacing_mm=4.0, render_spacing_mm=4.0, n_samples=64, seed=3)
+    path = generate_dataset(tmp_path / "tiny.h5", cfg, progress=False)
+    with h5py.File(path) as h5:
+        img, mask, can = h5["image"][:], h5["mask"][:].astype(bool), h5["canonical"][:]
+        assert img.shape == (2, 32, 32) and can.shape == (2, 2, 3, 32, 32)
+        assert h5.attrs["shape_model_fingerprint"]
+    for i in range(2):
+        assert mask[i].sum() > 20
+        assert img[i][mask[i]].mean() > 1.5 * img[i][~mask[i]].mean()
+        assert np.abs(can[i][:, :, ~mask[i]]).max() == 0
+    ds = ReconH5Dataset(path, augment=XrayAugment())
+    item = ds[1]
+    assert item["image"].shape == (1, 32, 32) and 0.0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1.0
+    assert torch.equal(item["mask"].bool(), torch.from_numpy(mask[1]))
