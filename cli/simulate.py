@@ -73,12 +73,12 @@ def simulate(
     import numpy as np
 
     from xrecon.anatomy import ct_io
-    from xrecon.anatomy.bone import bone_from_labels, bone_from_threshold
+    from xrecon.anatomy.bone import bone_from_threshold
     from xrecon.anatomy.labels import resolve_structures
     from xrecon.errors import InputError
     from xrecon.sim.dataset import DatasetConfig, write_dataset
     from xrecon.sim.detector import preset_for_size
-    from xrecon.sim.groundtruth import SimConfig
+    from xrecon.sim.groundtruth import GT_MESH_SMOOTH_SIGMA_MM, SimConfig, bone_for_simulation
     from xrecon.sim.poses import get_sampler
 
     split = _parse_shard(shard)
@@ -101,11 +101,11 @@ def simulate(
         if structures is not None or bone_only:
             raise InputError("--structures and --bone-only need a label map (--labels)", ct)
         chosen = None
-        bone = bone_from_threshold(ct_vol, hu_threshold)
+        bone = bone_from_threshold(ct_vol, hu_threshold, smooth_sigma_mm=GT_MESH_SMOOTH_SIGMA_MM, max_faces=None)
     else:
-        present = np.unique(label_vol.data)
+        present = np.flatnonzero(np.bincount(label_vol.data.ravel()))
         chosen = resolve_structures(structures, label_vol.label_names, present_ids=present, source=labels_path)
-        bone = bone_from_labels(label_vol, list(chosen))
+        bone = bone_for_simulation(label_vol, list(chosen))
 
     config = DatasetConfig(
         n=n,

@@ -99,6 +99,22 @@ class SimulatedViews:
         return len(self.image)
 
 
+#: Meshing of the ground-truth bone (see :func:`bone_for_simulation`).
+GT_MESH_SMOOTH_SIGMA_MM = 0.25
+
+
+def bone_for_simulation(labels: Volume, structures=None, *, landmarks="centroids") -> BoneModel:
+    """The ground-truth bone of a label map for simulation: the label's surface
+    with light smoothing (0.25 mm) and no decimation, so that it follows the
+    voxels the DRR shows. On the chest CT at 256 px its ray-cast mask matches the
+    bone-only DRR with IoU 0.99 (0.96-0.97 with 0.5 mm smoothing and 120k faces,
+    the defaults of :func:`xrecon.anatomy.bone.bone_from_labels`).
+    """
+    from xrecon.anatomy.bone import bone_from_labels
+
+    return bone_from_labels(labels, structures, landmarks=landmarks, smooth_sigma_mm=GT_MESH_SMOOTH_SIGMA_MM, max_faces=None)
+
+
 def project_landmarks(camera: Camera, landmarks_world: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Project ``landmarks_world: (L, 3)`` into every view of ``camera``.
 
