@@ -22,15 +22,32 @@ def register(
     pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", help="Detector pixel size (mm)."),
     refine: bool = typer.Option(False, "--refine", help="Refine the pose by intensity (DRR vs X-ray)."),
     out: Path = typer.Option(Path("out/register"), "--out", help="Output folder."),
-    model: Optional[Path] = typer.Option(None, "--model", help="Reconstruction model (default: shipped weights)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="Model file: patient-wide reconstruction (default: "
+                                                                "shipped weights) or a patient-specific SCR model "
+                                                                "from `xrecon train scr` (then --ct is its CT)."),
 ) -> None:
-    """Register a CT to an X-ray through the patient-wide reconstruction.
+    """Register a CT to an X-ray through the patient-wide reconstruction
+    (or with a patient-specific scene-coordinate model, --model scr.pt).
 
     Writes OUT/registration.json (ct_to_cam, and ct_to_cam_refined with --refine),
     OUT/ct_bone_cam.ply and OUT/overlay.png (CT bone outline on the X-ray).
     """
     from xrecon import api
-    from xrecon.methods.recon.outputs import write_registration
+    from xrecon.methods.recon.outputs import write_registration, write_scr_registration
+
+    if api.model_kind(model) == "scr":
+        from xrecon.anatomy.ct_io import read_ct
+        from xrecon.methods.scr.predict import register_scr
+
+        img, cam = api.load_xray(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
+        ct_vol = read_ct(ct)
+        bone = api.ct_bone(ct_vol, labels, structures)
+        res = register_scr(img, cam, model, ct_vol, refine, labels=labels)
+        files = write_scr_registration(out, res, img, cam, bone)
+        typer.echo(f"registration (patient-specific SCR): {'ok' if res.success else res.reason}")
+        for f in files:
+            typer.echo(f"wrote {f}")
+        return
 
     result = api.register(image, camera, ct, labels=labels, structures=structures, refine=refine, sdd_mm=sdd,
                           pixel_spacing_mm=pixel_spacing, model=model)

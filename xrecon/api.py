@@ -74,6 +74,26 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
     return img, cam
 
 
+def model_kind(path: str | Path | None) -> str:
+    """``"recon"`` (patient-wide, the default) or ``"scr"`` (patient-specific, seed 002)
+    from a model file's format tag."""
+    if path is None:
+        return "recon"
+    import torch
+
+    from xrecon.methods.recon.model_io import FORMAT as RECON_FORMAT
+    from xrecon.methods.scr.model_io import FORMAT as SCR_FORMAT
+
+    try:
+        fmt = torch.load(path, map_location="cpu", weights_only=False).get("format")
+    except Exception as exc:  # torch raises many types for a corrupt file
+        raise InputError(f"cannot read the model file ({type(exc).__name__}: {exc})", path) from exc
+    kinds = {RECON_FORMAT: "recon", SCR_FORMAT: "scr"}
+    if fmt not in kinds:
+        raise InputError(f"not an xrecon model (format tag {fmt!r})", path)
+    return kinds[fmt]
+
+
 def reconstruct(image, camera=None, *, sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
                 model: str | Path | None = None, config=None):
     """Recover the bone's shape and pose from one X-ray.

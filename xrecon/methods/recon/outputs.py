@@ -170,3 +170,23 @@ def write_registration(out_dir: str | Path, result, model_info: dict | None = No
         save_png(draw_overlay(result.image, masks), stage / "overlay.png")
         names = [f.name for f in stage.iterdir()]
     return [Path(out_dir) / n for n in sorted(names)]
+
+
+def write_scr_registration(out_dir: str | Path, result, image: np.ndarray, camera, bone) -> list[Path]:
+    """The ``register`` outputs for a patient-specific SCR result
+    (:class:`xrecon.methods.scr.predict.SCRRegistration`): same files as
+    :func:`write_registration`."""
+    from xrecon.anatomy.mesh_io import write_pose
+
+    if not result.success:
+        raise InputError(f"registration failed: {result.reason}")
+    T = np.asarray(result.world_to_cam, np.float64)
+    posed = bone.vertices @ T[:3, :3].T + T[:3, 3]
+    cam0 = camera[0].with_pose(np.eye(4))
+    with staged_output(out_dir) as stage:
+        write_pose(stage / "registration.json", T, f"the CT's world frame as read, RAS+ mm ({bone.source})",
+                   CAMERA_FRAME, **{k: v for k, v in result.to_dict().items() if k != "world_to_cam"})
+        _write_mesh(stage / "ct_bone_cam.ply", posed, bone.faces, CAMERA_FRAME, f"CT bone surface of {bone.source}")
+        save_png(draw_overlay(image, [(silhouette(posed, bone.faces, cam0), GREEN)]), stage / "overlay.png")
+        names = [f.name for f in stage.iterdir()]
+    return [Path(out_dir) / n for n in sorted(names)]
