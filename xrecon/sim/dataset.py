@@ -336,8 +336,8 @@ class _ShardJob:
         self.centre = bone_centre(bone)
         self._simulator = None
 
-    @property
-    def simulator(self) -> Simulator:
+    def build(self) -> Simulator:
+        """The simulator of this process (built on first use; raises on bad input)."""
         if self._simulator is None:
             ct, bone, detector, config, labels, structures = self.args
             self._simulator = Simulator(
@@ -349,7 +349,7 @@ class _ShardJob:
         indices = self.config.shard_range(k)
         parts = []
         for start in range(indices.start, indices.stop, self.batch):
-            parts.append(_simulate_samples(self.simulator, self.config, self.detector, self.centre, range(start, min(start + self.batch, indices.stop))))
+            parts.append(_simulate_samples(self.build(), self.config, self.detector, self.centre, range(start, min(start + self.batch, indices.stop))))
         views = _concat_views([p[0] for p in parts])
         params = {key: np.concatenate([p[1][key] for p in parts]) for key in parts[0][1]}
         _write_shard(self.out_dir / shard_name(k), views, params, indices, self.manifest)
@@ -426,7 +426,7 @@ def write_dataset(
         raise InputError(f"workers must be >= 1, got {workers}")
     manifest = build_manifest(config, ct, bone, detector, labels=labels, structures=structures, provenance=provenance)
     job = _ShardJob(ct, bone, detector, config, labels, structures, manifest, out_dir, batch)
-    job.simulator  # build (and validate) before anything is written
+    job.build()  # validates every input before anything is written
     _prepare_folder(out_dir, manifest)
 
     mine = [k for k in range(config.n_shards) if k % n_split == i]

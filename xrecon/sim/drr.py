@@ -336,10 +336,11 @@ class DrrRenderer(torch.nn.Module):
             renderer=renderer,
             persistent=False,
             mode=modes[interpolation],
-        ).to(device)
+        )
         # Box of the rendered grid in voxel index space (voxel centres at integers).
         self._box_lo = -0.5
         self.register_buffer("_box_hi", torch.tensor(self.render_shape, dtype=torch.float32) - 0.5, persistent=False)
+        self.to(device)
 
     @property
     def device(self) -> torch.device:
