@@ -73,3 +73,9 @@ def test_user_names_from_json_and_user_ids(tmp_path):
 def test_every_group_matches_something_in_totalsegmentator():
     for g in GROUP_PATTERNS:
         assert group_members(g, NAMES), g
+
+
+def test_names_on_an_unnamed_map_explain_how_to_name_it():
+    with pytest.raises(InputError, match="seg.nii.gz: label 'femur' cannot be resolved: the label map has no names"):
+        resolve_structures("femur", {}, present_ids=[1, 2], source="seg.nii.gz")
+    assert resolve_structures("2", {}, present_ids=[1, 2]) == {2: "label_2"}

