@@ -13,7 +13,9 @@ distance ``d`` to the surface (``d < 0`` inside):
 
 Edges are partial-volume blended over one voxel, so DRRs show no staircase.
 Every random draw comes from ``seed``: the same mesh and seed give the same
-volume bit for bit.
+volume bit for bit. A mesh made of several closed parts is fine as long as they
+do not overlap (inside is decided by the parity of surface crossings, so an
+overlap counts as outside).
 
 Speed: inside/outside is decided by one open3d ray per grid column (parity of
 the crossings; :func:`inside_mask`), exact distances are computed only in a
@@ -114,6 +116,7 @@ def ct_from_mesh(
     voxel_to_world = np.diag([h, h, h, 1.0])
     voxel_to_world[:3, 3] = lo
 
+    _warn_if_open(bone)
     scene = _scene(bone)
     inside = inside_mask(scene, voxel_to_world, shape)
     if not inside.any():
@@ -183,6 +186,14 @@ def inside_mask(scene, voxel_to_world: np.ndarray, shape: tuple[int, int, int]) 
         occ = scene.compute_occupancy(o3d.core.Tensor(pts.astype(np.float32)), nsamples=3).numpy()
         inside[odd] = occ.reshape(len(odd), K) > 0.5
     return inside.reshape(I, J, K)
+
+
+def _warn_if_open(bone: BoneModel) -> None:
+    """Inside/outside by ray parity needs a closed surface; say so when it is not."""
+    import trimesh
+
+    if not trimesh.Trimesh(bone.vertices, bone.faces, process=False).is_watertight:
+        log.warning("%s: mesh is not watertight; inside/outside may be wrong near its holes", bone.source)
 
 
 def _scene(bone: BoneModel):

@@ -308,7 +308,7 @@ def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict
         missing = [k for k in ("sdd_mm", "pixel_spacing_mm") if geo[k] is None]
         raise InputError(
             f"no X-ray geometry ({', '.join(missing)}): pass sdd_mm= / pixel_spacing_mm= "
-            f"(CLI: --sdd-mm / --pixel-spacing-mm), write a sidecar {sidecar_candidates(path)[0].name}, "
+            f"(CLI: --sdd / --pixel-spacing, or --camera), write a sidecar {sidecar_candidates(path)[0].name}, "
             "or use a DICOM with DistanceSourceToDetector and ImagerPixelSpacing",
             path,
         )
