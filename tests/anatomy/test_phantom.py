@@ -88,3 +88,24 @@ def test_degenerate_inputs_raise(sphere):
         ct_from_mesh(bone, spacing_mm=1.5, margin_mm=3.0)
     with pytest.raises(InputError, match="sphere: spacing_mm"):
         ct_from_mesh(sphere, spacing_mm=0.0)
+
+
+def test_band_distance_covers_every_voxel_near_the_surface(sphere):
+    from xrecon.anatomy.phantom import _band_signed_distance, _scene
+
+    h = 1.5
+    A = np.diag([h, h, h, 1.0])
+    A[:3, 3] = CENTRE - 30.0 + [0.3, 0.1, 0.7]
+    shape = (41, 41, 41)
+    scene = _scene(sphere)
+    inside = inside_mask(scene, A, shape)
+    d = _band_signed_distance(scene, inside, A, inner_mm=2.0 + 0.5 * h, outer_mm=0.5 * h)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    exact = (np.linalg.norm(ijk * h + A[:3, 3] - CENTRE, axis=1) - R).reshape(shape)
+    need = (exact > -(2.0 + 0.5 * h) + 0.1) & (exact < 0.5 * h - 0.1)
+    assert need.sum() > 1000
+    assert np.isfinite(d[need]).all()
+    np.testing.assert_allclose(d[need], exact[need], atol=0.1)  # icosphere vs true sphere
+    # beyond the band: -inf deep inside, +inf far outside
+    assert (np.isneginf(d) == (inside & ~np.isfinite(d))).all()
+    assert (np.isposinf(d) == (~inside & ~np.isfinite(d))).all()

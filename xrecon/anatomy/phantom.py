@@ -215,9 +215,11 @@ def _band_signed_distance(scene, inside: np.ndarray, voxel_to_world: np.ndarray,
     from scipy import ndimage
 
     h = float(voxel_to_world[0, 0])
-    n_in = int(np.ceil(inner_mm / h)) + 1
-    n_out = int(np.ceil(outer_mm / h)) + 1
-    ball = ndimage.generate_binary_structure(3, 2)
+    # A voxel within r of the surface has a voxel centre of the other side within
+    # r + (sqrt(3)/2) h, i.e. at most floor(r/h + sqrt(3)/2) steps of the 26-neighbourhood away.
+    n_in = max(1, int(np.floor(inner_mm / h + np.sqrt(3) / 2)))
+    n_out = max(1, int(np.floor(outer_mm / h + np.sqrt(3) / 2)))
+    ball = np.ones((3, 3, 3), bool)
     core = ndimage.binary_erosion(inside, ball, iterations=n_in, border_value=0)
     grown = ndimage.binary_dilation(inside, ball, iterations=n_out)
     band = grown & ~core
