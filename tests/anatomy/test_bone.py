@@ -107,6 +107,10 @@ def test_empty_masks_and_missing_labels_raise():
         bone_from_labels(empty)
     with pytest.raises(InputError, match="empty mask"):
         mesh_from_mask(np.zeros((4, 4, 4), bool), np.eye(4))
+    speck = np.zeros((10, 10, 10), bool)
+    speck[5, 5, 5] = True
+    with pytest.raises(InputError, match="speck.nii: mask is too thin to survive smooth_sigma_mm=2"):
+        mesh_from_mask(speck, np.eye(4), smooth_sigma_mm=2.0, cache=False, source="speck.nii")
 
 
 def test_threshold_keeps_large_components_ordered_by_size():

@@ -266,7 +266,7 @@ def mesh_from_mask(
     params = {"sigma": float(smooth_sigma_mm), "max_faces": max_faces, "algo": _MESH_ALGO_VERSION}
 
     def compute() -> dict[str, np.ndarray]:
-        v, f = _mesh_from_mask(crop, A_crop, float(smooth_sigma_mm), max_faces)
+        v, f = _mesh_from_mask(crop, A_crop, float(smooth_sigma_mm), max_faces, source)
         return {"vertices": v, "faces": f}
 
     if cache:
@@ -277,7 +277,7 @@ def mesh_from_mask(
     return np.asarray(out["vertices"], np.float64), np.asarray(out["faces"], np.int64)
 
 
-def _mesh_from_mask(mask: np.ndarray, A: np.ndarray, sigma_mm: float, max_faces: int | None):
+def _mesh_from_mask(mask: np.ndarray, A: np.ndarray, sigma_mm: float, max_faces: int | None, source: str):
     from scipy import ndimage
     from skimage.measure import marching_cubes
 
@@ -288,7 +288,7 @@ def _mesh_from_mask(mask: np.ndarray, A: np.ndarray, sigma_mm: float, max_faces:
     if sigma_mm > 0:
         field = ndimage.gaussian_filter(field, sigma_vox, mode="constant")
     if field.max() <= 0.5:
-        raise InputError("mask is too thin to survive smoothing; lower smooth_sigma_mm")
+        raise InputError(f"mask is too thin to survive smooth_sigma_mm={sigma_mm:g}; lower it", source)
     verts, faces, _, _ = marching_cubes(field, 0.5)
     if max_faces is not None and len(faces) > 3 * max_faces:
         # Decimation time grows with the input: re-mesh on a coarser grid that
