@@ -20,8 +20,10 @@ Method:
    *surface* (open3d ``RaycastingScene``; barycentric, so the match is linear in
    ``b``); robust weights keep the points closer than
    ``max(3 x 1.4826 MAD, 2 noise_mm)`` and at most the best
-   ``1 - trim_fraction`` of them; then one linear least-squares step updates
-   rotation, translation, (scale) and ``b`` together.
+   ``1 - trim_fraction`` of them; then one damped linear least-squares
+   (Levenberg-Marquardt) step updates rotation, translation, (scale) and ``b``
+   together; a step that raises the robust cost is rejected and damped more.
+   The first ``warmup_iters`` iterations move only the pose and mode 1.
 
 Objective (documented prior weight)::
 
@@ -44,6 +46,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import chi2
 
 from xrecon.errors import InputError, check_shape
 from shape_models.model import ShapeModel
@@ -65,6 +68,7 @@ class Fit3DConfig:
         trim_fraction: share of the worst-matching points always ignored by the joint
             refinement (the global search always trims at least 20 %).
         max_step_sd / max_step_deg: trust region of one Gauss-Newton step (coefficients, rotation).
+        warmup_iters: first iterations that move only the pose and mode 1 (size).
         point_to_point: ``alpha``, share of the point-to-point term.
         max_points: data points used (a random subset above this).
         use_fpfh: first candidate pose from open3d FPFH features + RANSAC (mean shape
@@ -75,8 +79,11 @@ class Fit3DConfig:
         n_random_starts: random start rotations added to the 24 principal-axes ones.
         coarse_points: data and model points used by the global search.
         coarse_iters: ICP iterations of the global search.
-        n_candidates: best global-search poses refined in turn until one succeeds.
-        max_iters: joint iterations per candidate (stops earlier when the RMS settles).
+        n_candidates: poses kept from the ICP multi-start.
+        screen_iters: joint iterations run from every candidate start before ranking them
+            by the robust objective.
+        n_finalists: best-ranked candidates refined to convergence in turn until one succeeds.
+        max_iters: joint iterations of a finalist (stops earlier when the cost settles).
         max_sd: coefficients are clipped to ``[-max_sd, max_sd]`` after each step.
         seed: for subsampling and random starts.
     """
@@ -88,6 +95,7 @@ class Fit3DConfig:
     trim_fraction: float = 0.0
     max_step_sd: float = 1.0
     max_step_deg: float = 5.0
+    warmup_iters: int = 5
     point_to_point: float = 0.1
     max_points: int = 2000
     use_fpfh: bool = True
@@ -99,6 +107,8 @@ class Fit3DConfig:
     coarse_iters: int = 30
     n_candidates: int = 4
     max_iters: int = 40
+    screen_iters: int = 10
+    n_finalists: int = 2
     max_sd: float = 5.0
     seed: int = 0
 
@@ -118,6 +128,7 @@ class Fit3DResult:
         rms_inlier_mm: RMS of ``residuals_mm`` over the inliers.
         mahalanobis: ``|coefficients|``.
         n_iter: joint iterations run.
+        cost: final robust objective (truncated data term + prior), for comparing starts.
         success / reason: ``False`` with a reason for a degenerate input or a fit
             that did not converge to a usable state.
     """
@@ -135,6 +146,7 @@ class Fit3DResult:
     success: bool
     reason: str = ""
     history: list = field(default_factory=list)
+    cost: float = float("inf")
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -194,6 +206,26 @@ def _trimmed_mask(dist: np.ndarray, trim_fraction: float, floor_mm: float) -> np
 
 
 # ---------------------------------------------------------------------------- stage 1
+def similarity_icp(tree, model_points: np.ndarray, points: np.ndarray, model_to_points: np.ndarray, n_iter: int,
+                   trim_fraction: float = 0.2) -> tuple[float, np.ndarray]:
+    """Trimmed similarity ICP (data -> nearest model point) from ``model_to_points (4, 4)``.
+
+    ``tree``: ``scipy.spatial.cKDTree`` of ``model_points (M, 3)``; ``points (N, 3)``.
+    Returns ``(trimmed RMS mm, model_to_points)``.
+    """
+    T = model_to_points
+    rms = np.inf
+    for _ in range(n_iter):
+        q = apply_transform(np.linalg.inv(T), points)
+        d, j = tree.query(q)
+        keep = _trimmed_mask(d, trim_fraction, 0.0)
+        if keep.sum() < 10:
+            return np.inf, T
+        T = align_points(model_points[j[keep]], points[keep], "similarity")
+        rms = float(np.sqrt((d[keep] ** 2).mean()) * np.cbrt(abs(np.linalg.det(T[:3, :3]))))
+    return rms, T
+
+
 def coarse_align(model_points: np.ndarray, points: np.ndarray, config: Fit3DConfig = Fit3DConfig()
                  ) -> list[tuple[float, np.ndarray]]:
     """Multi-start trimmed similarity ICP of ``model_points: (M, 3)`` onto ``points: (N, 3)``.
@@ -212,16 +244,7 @@ def coarse_align(model_points: np.ndarray, points: np.ndarray, config: Fit3DConf
     size_ratio = np.sqrt(((points - pc) ** 2).sum(1).mean() / ((model_points - mc) ** 2).sum(1).mean())
 
     def icp(T, n_iter):
-        rms = np.inf
-        for _ in range(n_iter):
-            q = apply_transform(np.linalg.inv(T), points)
-            d, j = tree.query(q)
-            keep = _trimmed_mask(d, max(config.trim_fraction, 0.2), 0.0)
-            if keep.sum() < 10:
-                return np.inf, T
-            T = align_points(model_points[j[keep]], points[keep], "similarity")
-            rms = float(np.sqrt((d[keep] ** 2).mean()) * np.cbrt(abs(np.linalg.det(T[:3, :3]))))
-        return rms, T
+        return similarity_icp(tree, model_points, points, T, n_iter, max(config.trim_fraction, 0.2))
 
     first = []
     for R0 in starts:
@@ -338,17 +361,26 @@ def fit_points(model: ShapeModel, points, config: Fit3DConfig = Fit3DConfig(),
             check_shape("init_model_to_points", T0, (4, 4))
             yield T0
             return
-        if config.use_fpfh:
-            yield from fpfh_align(model.mean_, model.faces_, pts_all, config)
         sub_m = model.mean_[rng.choice(len(model.mean_), min(len(model.mean_), config.coarse_points), False)]
         sub_p = pts[rng.choice(len(pts), min(len(pts), config.coarse_points), False)]
+        if config.use_fpfh:
+            from scipy.spatial import cKDTree
+
+            tree = cKDTree(sub_m)
+            for T in fpfh_align(model.mean_, model.faces_, pts_all, config):
+                # polish the feature-based pose and scale by trimmed similarity ICP
+                yield similarity_icp(tree, sub_m, sub_p, T, config.coarse_iters)[1]
         for _, T in coarse_align(sub_m, sub_p, config):
             yield T
 
+    # short refinement of every candidate; the lowest robust objective (data + prior) continues
+    short = [_refine(model, K, pts, pts_all, T0, config, max_iters=config.screen_iters) for T0 in candidates()]
+    order = sorted(range(len(short)), key=lambda k: short[k].cost)
     best = None
-    for T0 in candidates():
-        result = _refine(model, K, pts, pts_all, T0, config)
-        if best is None or (result.success, -result.rms_inlier_mm) > (best.success, -best.rms_inlier_mm):
+    for k in order[: config.n_finalists]:
+        start = short[k]
+        result = _refine(model, K, pts, pts_all, start.model_to_points, config, b0=start.coefficients[:K])
+        if best is None or (result.success, -result.cost) > (best.success, -best.cost):
             best = result
         if result.success:
             break
@@ -356,7 +388,7 @@ def fit_points(model: ShapeModel, points, config: Fit3DConfig = Fit3DConfig(),
 
 
 def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0: np.ndarray,
-            config: Fit3DConfig) -> Fit3DResult:
+            config: Fit3DConfig, max_iters: int | None = None, b0: np.ndarray | None = None) -> Fit3DResult:
     """Joint Gauss-Newton of pose and ``K`` coefficients from the start ``T0`` (see module doc)."""
     from xrecon.metrics.shape import point_to_surface
 
@@ -367,12 +399,17 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
     comps_raw = (model.components_[:K] * model.std_[:K, None]).reshape(K, -1, 3)  # (K, V, 3) mm per SD
     shift = comps_raw.mean(axis=1)  # (K, 3) centroid shift per SD
     comps = comps_raw - shift[:, None, :]
+    comps_v = np.ascontiguousarray(comps.transpose(1, 2, 0))  # (V, 3, K)
     n_unknowns = 6 + int(config.with_scale) + K
     b = np.zeros(K)
     s = float(np.cbrt(np.linalg.det(T0[:3, :3])))
     R = T0[:3, :3] / s
     t = T0[:3, 3].copy()
-    if not config.with_scale:
+    if b0 is not None:
+        # continue a previous run: T0 is for the model's own modes, move to the centred ones
+        b = np.asarray(b0, np.float64).copy()
+        t = t + s * R @ (b @ shift)
+    elif not config.with_scale:
         # turn the start's scale into shape coefficients: the modes' least-squares
         # approximation of scaling the mean about its centroid (size lives in the modes)
         centred = mean - mean.mean(axis=0)
@@ -381,18 +418,20 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
         t = t + (s - 1.0) * R @ mean.mean(axis=0)
         s = 1.0
     sigma2 = config.noise_mm**2
-    history: list[float] = []
-    n_iter = 0
-    reason = ""
-    for n_iter in range(1, config.max_iters + 1):
+    n_scale = int(config.with_scale)
+    P = 6 + n_scale + K
+    tau2 = (5.0 * config.noise_mm) ** 2  # truncation of the cost used to accept steps
+
+    def linearise(R, t, s, b):
+        """Robust cost, normal equations, inlier count, RMS and rotation centre at a state."""
         x_model = mean + np.tensordot(b, comps, axes=1)
         q = (pts - t) @ R / s  # points in the model frame
         fid, bary, cp, nrm = closest_surface_points(x_model, faces, q)
         dist = np.linalg.norm(q - cp, axis=1) * s
+        cost = float(np.minimum(dist**2, tau2).sum()) / sigma2 + config.prior_weight * float(b @ b)
         keep = _trimmed_mask(dist, config.trim_fraction, 2 * config.noise_mm)
         if keep.sum() < 3 * n_unknowns:
-            reason = f"only {int(keep.sum())} inlier points left"
-            break
+            return None, f"only {int(keep.sum())} inlier points left"
         f = faces[fid[keep]]
         y0 = s * cp[keep] @ R.T + t  # matched model points in the points frame
         c = y0.mean(axis=0)  # rotation and scale act about this centre (conditioning)
@@ -400,43 +439,64 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
         e = pts[keep] - y0
         n_w = nrm[keep] @ R.T
         # Jacobian (n, 3, P) of the matched points w.r.t. [omega (3), (log scale), t (3), b (K)]
-        J_b = s * np.einsum("de,nk,jnke->ndj", R, bary[keep], comps[:, f])
-        blocks = [-_skew(z)] + ([z[:, :, None]] if config.with_scale else [])
+        J_b = s * (R @ (bary[keep][:, :, None, None] * comps_v[f]).sum(axis=1))  # (n, 3, K)
+        blocks = [-_skew(z)] + ([z[:, :, None]] if n_scale else [])
         blocks += [np.broadcast_to(np.eye(3), (len(z), 3, 3)), J_b]
         J = np.concatenate(blocks, axis=2)
         M = np.einsum("ni,nj->nij", n_w, n_w) + config.point_to_point * np.eye(3)
-        JtM = np.einsum("ndp,nde->npe", J, M)
-        H = np.einsum("npe,neq->pq", JtM, J) / sigma2
-        g = np.einsum("npe,ne->p", JtM, e) / sigma2
-        P = H.shape[0]
+        JtM = J.transpose(0, 2, 1) @ M  # (n, P, 3)
+        JtM_flat = JtM.transpose(1, 0, 2).reshape(P, -1)
+        H = JtM_flat @ J.reshape(-1, P) / sigma2
+        g = JtM_flat @ e.reshape(-1) / sigma2
         H[P - K:, P - K:] += config.prior_weight * np.eye(K)
         g[P - K:] -= config.prior_weight * b
-        H += 1e-9 * np.trace(H) / P * np.eye(P)
-        try:
-            delta = np.linalg.solve(H, g)
-        except np.linalg.LinAlgError:
-            reason = "singular normal equations (the points do not constrain the pose)"
-            break
-        # trust region: shrink the whole step if it turns too far or moves b too much
-        shrink = min(1.0, np.radians(config.max_step_deg) / max(np.linalg.norm(delta[:3]), 1e-12),
-                     config.max_step_sd / max(np.abs(delta[P - K:]).max(), 1e-12))
-        delta = delta * shrink
-        i = 3
-        ds = 1.0
-        if config.with_scale:
-            ds = float(np.exp(delta[3]))
-            i = 4
-        # increment about c: y' = ds dR (y - c) + c + dt
+        return (cost, H, g, c, float(np.sqrt((dist[keep] ** 2).mean()))), ""
+
+    def step(R, t, s, b, H, g, c, lam, warm):
+        H = H.copy()
+        g = g.copy()
+        if warm and K > 1:
+            # warm-up: pose and the first mode (size) only, so the other modes do not absorb pose errors
+            frozen = np.arange(P - K + 1, P)
+            H[frozen, :] = 0.0
+            H[:, frozen] = 0.0
+            H[frozen, frozen] = 1.0
+            g[frozen] = 0.0
+        H += lam * np.diag(np.diag(H)) + 1e-9 * np.trace(H) / P * np.eye(P)
+        delta = np.linalg.solve(H, g)
+        # trust region per block: rotation, coefficients
+        delta[:3] *= min(1.0, np.radians(config.max_step_deg) / max(np.linalg.norm(delta[:3]), 1e-12))
+        delta[P - K:] *= min(1.0, config.max_step_sd / max(np.abs(delta[P - K:]).max(), 1e-12))
+        ds = float(np.exp(delta[3])) if n_scale else 1.0
+        i = 3 + n_scale
         dR = _exp_so3(delta[:3])
-        s *= ds
-        R = dR @ R
-        t = ds * dR @ (t - c) + c + delta[i:i + 3]
-        b = np.clip(b + delta[i + 3:], -config.max_sd, config.max_sd)
-        history.append(float(np.sqrt((dist[keep] ** 2).mean())))
-        if n_iter >= 15 and history[-1] > 3 * config.noise_mm + 1.0:
-            reason = f"stuck at a {history[-1]:.1f} mm RMS after {n_iter} iterations (wrong start pose)"
+        # increment about c: y' = ds dR (y - c) + c + dt
+        return (dR @ R, ds * dR @ (t - c) + c + delta[i:i + 3], s * ds,
+                np.clip(b + delta[P - K:], -config.max_sd, config.max_sd))
+
+    history: list[float] = []
+    lin, reason = linearise(R, t, s, b)
+    lam = 1e-4
+    n_iter = 0
+    for n_iter in range(1, (max_iters or config.max_iters) + 1):
+        if lin is None:
             break
-        if len(history) >= 3 and abs(history[-3] - history[-1]) < 1e-3 * history[-1]:
+        cost, H, g, c, rms = lin
+        history.append(rms)
+        if n_iter >= 15 and rms > 3 * config.noise_mm + 1.0:
+            reason = f"stuck at a {rms:.1f} mm RMS after {n_iter} iterations (wrong start pose)"
+            break
+        warm = b0 is None and n_iter <= config.warmup_iters
+        cand = step(R, t, s, b, H, g, c, lam, warm)
+        lin_new, _ = linearise(*cand)
+        if lin_new is None or lin_new[0] > cost:
+            lam *= 10.0  # reject: damp more, retry from the same state
+            if lam > 1e4:
+                break
+            continue
+        (R, t, s, b), lin = cand, lin_new
+        lam = max(lam / 3.0, 1e-6)
+        if not warm and cost - lin_new[0] < 1e-5 * cost:
             break
 
     t = t - s * R @ (b @ shift)  # back to the model's own (uncentred) modes
@@ -446,14 +506,19 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
     inl = _trimmed_mask(residuals, config.trim_fraction, 2 * config.noise_mm)
     rms_in = float(np.sqrt((residuals[inl] ** 2).mean()))
     success = not reason
-    if success and inl.mean() < 0.3:
+    final_cost = lin[0] if lin is not None else np.inf
+    plausible = float(np.sqrt(chi2.ppf(0.999, K)))
+    if success and np.linalg.norm(b) > plausible:
+        success, reason = False, (f"implausible shape: |b| = {np.linalg.norm(b):.1f} SD > {plausible:.1f} "
+                                  "(99.9 % of the model's population)")
+    elif success and inl.mean() < 0.3:
         success, reason = False, f"only {100 * inl.mean():.0f} % of the points lie on the fitted surface"
-    elif success and rms_in > 2 * config.noise_mm + 1.0:
+    elif success and rms_in > 1.5 * config.noise_mm + 0.5:
         success, reason = False, f"inlier RMS {rms_in:.1f} mm is far above the expected noise ({config.noise_mm} mm)"
     coeffs = np.zeros(model.n_components_)
     coeffs[:K] = b
     return Fit3DResult(verts, faces, coeffs, T, s, residuals, inl, rms_in, float(np.linalg.norm(b)), n_iter,
-                       success, reason, history)
+                       success, reason, history, final_cost)
 
 
 def similarity(R: np.ndarray, t: np.ndarray, s: float = 1.0) -> np.ndarray:
