@@ -90,6 +90,11 @@ def test_scr_loss_ignores_nan_targets_off_the_bone_and_is_per_image():
     assert torch.allclose(terms["error_norm"][0], torch.tensor(np.sqrt(0.75), dtype=torch.float32))
     with pytest.raises(ShapeError):
         scr_loss(out, entry[:, :2], exit_, mask)
+    # a bone pixel with an undefined exit point is left out of the exit likelihood only
+    exit_[0, :, 0, 0] = float("nan")
+    again = scr_loss(out, entry, exit_, mask)
+    assert torch.isfinite(again["loss"]).all()
+    assert torch.allclose(again["nll"], terms["nll"]) and torch.allclose(again["absent"], terms["absent"])
 
 
 def _oracle_coordinates(cam, noise_mm=0.0, outlier_share=0.0, seed=0):

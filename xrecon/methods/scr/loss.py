@@ -48,7 +48,9 @@ def scr_loss(
         output: ``(B, 8, H, W)`` network output (see
             :class:`~xrecon.methods.scr.network.SceneCoordinateNet`).
         entry_norm, exit_norm: ``(B, 3, H, W)`` true scene coordinates,
-            normalised units; values outside ``bone_mask`` are ignored (may be NaN).
+            normalised units; values outside ``bone_mask`` are ignored (may be
+            NaN), and so are non-finite values inside it (that pixel is left
+            out of that map's likelihood).
         bone_mask: ``(B, H, W)`` bool, True where the pixel's ray meets bone.
         absent_weight: weight of the non-existent term.
 
@@ -66,15 +68,18 @@ def scr_loss(
     if tuple(bone_mask.shape) != (b, h, w):
         raise ShapeError("bone_mask", f"({b}, {h}, {w})", tuple(bone_mask.shape))
     mask = bone_mask.bool()
-    keep = mask[:, None]
     zero = torch.zeros((), dtype=output.dtype, device=output.device)
     nll = absent = 0.0
     err = []
     for target, sl in ((entry_norm, slice(0, 4)), (exit_norm, slice(4, 8))):
-        target = torch.where(keep, target.to(output.dtype), zero)  # NaN outside the bone never reaches a gradient
+        target = target.to(output.dtype)
+        # a bone pixel whose coordinate is undefined (e.g. a ray leaving through
+        # a hole of the mesh) is ignored for that map
+        valid = mask & torch.isfinite(target).all(dim=1)
+        target = torch.where(valid[:, None], target, zero)  # NaN never reaches a gradient
         mean, log_sigma = output[:, sl][:, :3], output[:, sl][:, 3]
-        nll = nll + _masked_mean(gaussian_nll(target, mean, log_sigma), mask)
+        nll = nll + _masked_mean(gaussian_nll(target, mean, log_sigma), valid)
         absent = absent + _masked_mean(absent_penalty(log_sigma), ~mask)
         with torch.no_grad():
-            err.append(_masked_mean((target - mean).norm(dim=1), mask))
+            err.append(_masked_mean((target - mean).norm(dim=1), valid))
     return {"loss": nll + absent_weight * absent, "nll": nll, "absent": absent, "error_norm": (err[0] + err[1]) / 2}
