@@ -24,7 +24,9 @@ Objective (symmetric 2D chamfer, point-to-line, plus the prior)::
 ``r`` is the distance along the image-contour normal between a projected
 outline point and its nearest contour point (outline -> contour), and between
 a contour point and its nearest projected outline point (contour -> outline),
-plus a ``point_to_point`` share of the full 2D distance; residuals beyond
+plus a ``point_to_point`` share of the full 2D distance; steps are accepted
+when they lower the sum of squared 2D distances truncated at
+``max(10 contour_sigma_px, 2 x the start's RMS)`` (Levenberg-Marquardt); residuals beyond
 ``max(3 x 1.4826 MAD, 3 contour_sigma_px)`` are ignored. Gauss-Newton steps on
 ``b`` (and the pose: rotation about the model centroid, translation) with a
 trust region, correspondences recomputed every iteration.
@@ -60,6 +62,7 @@ class Fit2DConfig:
         max_iters: Gauss-Newton iterations.
         pose_warmup_iters: with ``estimate_pose``, the first iterations move only the
             pose and mode 1 (size), so the shape modes do not absorb a pose error.
+        shape_warmup_iters: the same with a known pose (mode 1 first, then all modes).
         max_step_sd / max_step_deg / max_step_mm: trust region of one step.
         max_sd: coefficients are clipped to ``[-max_sd, max_sd]``.
         outline_offset_px: offset of the outline test ray outside the projected edge.
@@ -73,6 +76,7 @@ class Fit2DConfig:
     point_to_point: float = 0.1
     max_iters: int = 60
     pose_warmup_iters: int = 15
+    shape_warmup_iters: int = 5
     max_step_sd: float = 0.5
     max_step_deg: float = 4.0
     max_step_mm: float = 10.0
@@ -285,7 +289,7 @@ def fit_contours(model: ShapeModel, observations, camera, init_model_to_world: n
                            "fewer than 10 contour points in a view")
     n_pose = 6 if config.estimate_pose else 0
     P = n_pose + K
-    tau2 = (10.0 * config.contour_sigma_px) ** 2  # truncation of the cost used to accept steps
+    tau2 = np.inf  # truncation of the cost used to accept steps; set from the start's residuals below
 
     def linearise(R, t, b):
         """Cost, normal equations and per-view RMS at the state (R, t, b)."""
@@ -363,6 +367,9 @@ def fit_contours(model: ShapeModel, observations, camera, init_model_to_world: n
     sigma2 = config.contour_sigma_px**2
     alpha = config.point_to_point
     lin, reason = linearise(R, t, b)
+    if lin is not None:
+        tau2 = max(10.0 * config.contour_sigma_px, 2.0 * max(lin[3])) ** 2
+        lin, reason = linearise(R, t, b)
     history: list[float] = []
     rms_views: list[float] = [] if lin is None else lin[3]
     lam = 1e-4
@@ -372,7 +379,7 @@ def fit_contours(model: ShapeModel, observations, camera, init_model_to_world: n
             break
         cost, H, g, rms_views, c = lin
         history.append(float(np.sqrt(np.mean(np.square(rms_views)))))
-        warm = bool(n_pose) and n_iter <= config.pose_warmup_iters and K > 1
+        warm = n_iter <= (config.pose_warmup_iters if n_pose else config.shape_warmup_iters) and K > 1
         R_new, t_new, b_new = step(R, t, b, H, g, c, lam, warm)
         lin_new, why = linearise(R_new, t_new, b_new)
         if lin_new is None or lin_new[0] > cost:

@@ -420,7 +420,7 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
     sigma2 = config.noise_mm**2
     n_scale = int(config.with_scale)
     P = 6 + n_scale + K
-    tau2 = (5.0 * config.noise_mm) ** 2  # truncation of the cost used to accept steps
+    tau2 = np.inf  # truncation of the cost used to accept steps; set from the start's residuals below
 
     def linearise(R, t, s, b):
         """Robust cost, normal equations, inlier count, RMS and rotation centre at a state."""
@@ -476,6 +476,9 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
 
     history: list[float] = []
     lin, reason = linearise(R, t, s, b)
+    if lin is not None:
+        tau2 = max(5.0 * config.noise_mm, 2.0 * lin[4]) ** 2
+        lin, reason = linearise(R, t, s, b)
     lam = 1e-4
     n_iter = 0
     for n_iter in range(1, (max_iters or config.max_iters) + 1):
