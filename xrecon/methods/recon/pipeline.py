@@ -99,7 +99,7 @@ class Reconstruction:
         inliers: ``(M,)`` PnP inliers.
         camera: the input camera (view 0).
         success: a pose was found; ``reason`` why not.
-        confident: False when the evidence is weak; ``notes`` says why.
+        confident: False when the evidence is weak; ``notes`` says why (and what else happened).
         timings_s: wall time of each stage.
     """
 
@@ -214,10 +214,11 @@ def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera
     model_to_cam, b = pnp.world_to_cam, b_net.copy()
     inl = pnp.inliers
     reproj = pnp.reprojection_error_px
-    notes: list[str] = []
+    notes: list[str] = []  # why the result is weak (each one makes it low-confidence)
+    info: list[str] = []  # what happened, without casting doubt on the result
     if cfg.refine_shape and inl.sum() >= 12:
         t2 = time.perf_counter()
-        A = points_at(space.mean_vertices, space.faces, dataclasses.replace(loc))[inl]
+        A = points_at(space.mean_vertices, space.faces, loc)[inl]  # (M, 3)
         vids = space.faces[tri[inl]]  # (M, 3)
         Bm = np.einsum("mj,kmjd->mdk", bary[inl], space.modes_mm[:, vids])  # (M, 3, K)
         prior = np.full(len(b_net), cfg.shape_prior_sd)
@@ -231,7 +232,7 @@ def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera
             inst = space.instance(b)
             p_inst = points_at(inst, space.faces, loc)
         else:
-            notes.append(f"pose+shape refinement skipped: {fit.reason}")
+            info.append(f"pose+shape refinement skipped: {fit.reason}")
     cam_pose = camera.with_pose(model_to_cam)
     pts_uv = cam_pose.project(inst[ids])[0][0].numpy()
     inlier_canon = pred.canonical_mm[sel][inl]
@@ -246,8 +247,7 @@ def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera
         notes.append("shape coefficients at the model's bound (unusual anatomy or not a pelvis?)")
     timings["total"] = time.perf_counter() - t0
     return Reconstruction(model_to_cam, b, b_net, inst, space.faces, ids, pts_uv, conf, p_inst, uv, sigma, tri,
-                          bary, inl, camera, True, "", not notes or notes[0].startswith("pose+shape"), notes,
-                          reproj, timings, px_per_net_px)
+                          bary, inl, camera, True, "", not notes, notes + info, reproj, timings, px_per_net_px)
 
 
 def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
@@ -258,7 +258,6 @@ def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
     pred = predict_dense(net, image, camera, config.mask_threshold)
     t_net = time.perf_counter() - t0
     rec = reconstruct_from_prediction(pred, space, camera, config)
-    rec.px_per_net_px = camera.width / pred.net_camera.width
     rec.timings_s["network"] = t_net
     rec.timings_s["total"] = time.perf_counter() - t0
     return rec

@@ -90,3 +90,27 @@ def train_recon(train_h5: str | Path, val_h5: str | Path, config: TrainConfig, *
         save_recon_model(out, net.cpu().eval(), space, shape_name, info)
         log.info("model written to %s", out)
     return out
+
+
+def export_checkpoint(run_dir: str | Path, checkpoint: str = "best", out: str | Path | None = None) -> Path:
+    """Write a model file from a run's checkpoint (``best`` or ``last``), e.g. while it
+    still trains. Uses the run's ``config.json`` for the network and data facts."""
+    from shape_models.bundled import load_model
+
+    run_dir = Path(run_dir)
+    try:
+        cfg = json.loads((run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"not a training run folder ({exc})", run_dir) from exc
+    info = cfg["run_info"]
+    net = ReconNet(ReconNetConfig.from_dict(info["net_config"]))
+    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
+    load_weights(net, ckpt)
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    shape_name = info["data"]["train"]["config"]["shape_model"]
+    space = ShapeSpace.from_shape_model(load_model(shape_name))
+    out = Path(out) if out else run_dir / f"recon_model_{checkpoint}.pt"
+    save_recon_model(out, net.eval(), space, shape_name,
+                     {"command": info.get("command"), "train_config": cfg["train_config"], "data": info["data"],
+                      "checkpoint": str(ckpt), "epochs_run": state.get("epoch")})
+    return out
