@@ -195,7 +195,7 @@ def train_baseline(
     and write its model file (best validation epoch). ``init_args`` are the
     network's constructor arguments (``PoseNet`` / ``LandmarkHeatmapNet``).
     Returns ``(model_path, TrainResult)``."""
-    from xrecon.methods.scr.train import _Capped
+    from xrecon.methods.scr.data import first_items
     from xrecon.train.loop import load_weights, train
 
     if kind == "posenet":
@@ -211,7 +211,7 @@ def train_baseline(
         raise InputError(f"unknown baseline {kind!r}; choose 'posenet' or 'landmarks'")
     if val_set is not None and train_config.monitor == "loss":
         train_config = dataclasses.replace(train_config, monitor="mtre_clipped_mm", monitor_mode="min")
-    val = _Capped(val_set, val_max_images) if val_set is not None else None
+    val = first_items(val_set, val_max_images) if val_set is not None else None
     result = train(model, loss_fn, train_set, val, train_config, metrics_fn if val is not None else None,
                    run_info={"method": kind, **(run_info or {})})
     if result.best_checkpoint is not None and Path(result.best_checkpoint).exists():

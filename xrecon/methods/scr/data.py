@@ -38,6 +38,12 @@ SCR_FIELDS = ("entry_world", "exit_world", "mask", "world_to_cam", "K")
 POSE_FIELDS = ("world_to_cam", "K")
 
 
+def first_items(dataset: Dataset, n: int) -> Dataset:
+    """The first ``n`` items of ``dataset`` (all when it has fewer): a fixed
+    validation subset that gets a full PnP every epoch."""
+    return Subset(dataset, list(range(min(n, len(dataset)))))
+
+
 def structure_centroids(labels: Volume, ids: dict[int, str]) -> tuple[np.ndarray, list[str]]:
     """Centroid ``(S, 3)`` (world mm) of each structure ``{id: name}`` of a label map, and the names."""
     pts, names = [], []

@@ -206,8 +206,8 @@ def _as_volume(x, reader):
 
 
 def register_scr(image, camera: Camera | None, model_path: str | Path, ct=None, refine: bool = False, *,
-                 labels=None, config: SCRInferenceConfig | None = None, refine_config=None,
-                 device: str = "cpu") -> SCRRegistration:
+                 labels=None, bone_only_refine: bool = False, config: SCRInferenceConfig | None = None,
+                 refine_config=None, device: str = "cpu") -> SCRRegistration:
     """Register an X-ray to the CT a patient-specific SCR model was trained on.
 
     Args:
@@ -222,8 +222,10 @@ def register_scr(image, camera: Camera | None, model_path: str | Path, ct=None, 
             (same voxels and affine, checked by content hash).
         refine: polish the PnP pose by intensity-based refinement against the
             CT's DRR (:class:`xrecon.solve.refine.IntensityRefiner`).
-        labels: optional label map (Volume or path) to refine against a
-            bone-only DRR of the model's structures.
+        labels: label map (Volume or path, TotalSegmentator names) on the CT
+            grid; used only with ``bone_only_refine``.
+        bone_only_refine: refine against a DRR of the model's bone structures
+            only (default: the whole CT, as the X-ray shows everything).
         config: inference settings; default: those stored in the model.
         refine_config: :class:`xrecon.solve.refine.RefineConfig` (default: its CPU levels).
 
@@ -272,15 +274,16 @@ def register_scr(image, camera: Camera | None, model_path: str | Path, ct=None, 
             out.details["refine"] = "skipped: PnP failed"
             return out
         structures = None
-        labels = _as_volume(labels, read_labels)
-        if labels is not None:
-            from xrecon.anatomy.labels import resolve_structures
-
-            names = info.ct.get("structures") or None
-            structures = list(resolve_structures(names, labels.label_names, np.unique(labels.data), labels.source))
+        if bone_only_refine:
+            if labels is None:
+                raise InputError("bone-only refinement needs the label map (pass labels=...)")
+            if isinstance(labels, (str, Path)):
+                labels = read_labels(labels, like=ct, names="totalsegmentator")
+            structures = [int(i) for i in info.ct.get("structure_ids", [])] or None
         from xrecon.solve.refine import IntensityRefiner
 
-        refiner = IntensityRefiner(ct, camera, labels=labels, structures=structures, config=refine_config)
+        refiner = IntensityRefiner(ct, camera, labels=labels if bone_only_refine else None, structures=structures,
+                                   config=refine_config)
         ref = refiner.refine(torch.as_tensor(np.asarray(image), dtype=torch.float32).reshape(camera.height,
                                                                                             camera.width),
                              res.world_to_cam)

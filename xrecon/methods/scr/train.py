@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 
 from xrecon.geometry import Camera
 from xrecon.methods.scr.loss import scr_loss
+from xrecon.methods.scr.data import first_items
 from xrecon.methods.scr.model_io import SCRModelInfo, save_scr_model
 from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet, coordinates_from_output
 from xrecon.methods.scr.predict import SCRInferenceConfig, pose_from_correspondences, scene_correspondences
@@ -77,6 +78,7 @@ def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0):
 
 def make_metrics_fn(normalizer: CoordinateNormalizer, targets_world: np.ndarray, height: int, width: int,
                     inference: SCRInferenceConfig):
+    # PnP uses the intrinsics only (pixel spacing is irrelevant here).
     """Validation metrics per case: PnP on the predicted correspondences, then
     ``mtre_clipped_mm`` (mTRE, failures and wild cases clipped at
     :data:`MTRE_CLIP_MM`), ``gfr10`` (1 when mTRE > 10 mm or PnP failed) and
@@ -142,21 +144,6 @@ def choose_inference(model: SceneCoordinateNet, dataset: Dataset, targets_world:
     return candidates[best], records
 
 
-class _Capped(Dataset):
-    """The first ``n`` items of a dataset."""
-
-    def __init__(self, base: Dataset, n: int):
-        self.base, self.n = base, min(n, len(base))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        if i >= self.n:
-            raise IndexError(i)
-        return self.base[i]
-
-
 def train_scr(
     train_set: Dataset,
     val_set: Dataset | None,
@@ -200,7 +187,7 @@ def train_scr(
     if val_set is not None and train_config.monitor == "loss":
         train_config = dataclasses.replace(train_config, monitor="mtre_clipped_mm", monitor_mode="min")
     model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels, net_config.input_stride)
-    val = _Capped(val_set, net_config.val_max_images) if val_set is not None else None
+    val = first_items(val_set, net_config.val_max_images) if val_set is not None else None
     info_run = {"method": "scr", "net_config": dataclasses.asdict(net_config),
                 "inference": dataclasses.asdict(inference),
                 "normalizer": dataclasses.asdict(normalizer), **(run_info or {})}
