@@ -22,6 +22,7 @@ GFR (> 10 mm), failures, and time per solve.
 
     python benchmarks/bench_pnp.py            # 200 poses (about 15 min on 1 core)
     python benchmarks/bench_pnp.py --quick    # 20 poses
+    python benchmarks/bench_pnp.py --sizes 256   # one size (own result files)
 """
 from __future__ import annotations
 
@@ -154,11 +155,15 @@ def main(argv=None) -> int:
     md += ["", f"Speed-up of the default over the seed-002 setting (mean time, all runs): **{speedup_all:.1f}x**; "
                f"per row: " + ", ".join(f"{l['size']} px/{l['outliers']:.0%}: {l['speedup']:.1f}x" for l in table),
            f"Acceptance (>= 5x faster and median mTRE not worse in every row): **{'PASS' if accepted else 'FAIL'}**",
-           "", "Command: `python benchmarks/bench_pnp.py" + (" --quick" if args.quick else "") + "`", ""]
+           "", "Command: `python benchmarks/bench_pnp.py" + (" --quick" if args.quick else "")
+           + ("" if args.sizes == [128, 256] else " --sizes " + " ".join(map(str, args.sizes))) + "`", ""]
     payload = {"date": data.today(), "machine": data.machine(), "n_poses": n_poses, "sizes": args.sizes,
                "outliers": args.outliers, "targets": target_names, "table": table, "speedup_mean_time": speedup_all,
                "accepted": accepted, "configs": {k: vars(v) for k, v in configs.items()}, "rows": rows}
-    j, m = data.write_results("bench_pnp" + ("_quick" if args.quick else ""), payload, "\n".join(md))
+    name = "bench_pnp" + ("_quick" if args.quick else "")
+    if args.sizes != [128, 256]:  # a partial run (e.g. one size per process) keeps its own files
+        name += "_" + "_".join(str(s) for s in args.sizes)
+    j, m = data.write_results(name, payload, "\n".join(md))
     print("\n".join(md))
     print(f"wrote {j} and {m}")
     return 0

@@ -59,6 +59,9 @@ class JointConfig:
             surface is not used for the CT PnP / refinement.
         refine_rounds: nearest-surface re-association rounds.
         max_nfev: function evaluations per round.
+        max_refine_points: the joint refinement uses at most this many inlier
+            predictions (a seeded random subset; its cost is linear in them).
+        seed: seeds that subset.
     """
 
     pnp: PnPConfig = field(default_factory=PnPConfig)
@@ -69,6 +72,8 @@ class JointConfig:
     snap_distance_mm: float = 5.0
     refine_rounds: int = 3
     max_nfev: int = 50
+    max_refine_points: int = 3000
+    seed: int = 0
 
 
 @dataclass
@@ -259,8 +264,11 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
 
     if cfg.refine and use.sum() >= 6:
         normals = _ct_normals(ct, ct_nrm, tree)
+        sel = np.flatnonzero(use)
+        if sel.size > cfg.max_refine_points:
+            sel = np.sort(np.random.default_rng(cfg.seed).choice(sel, cfg.max_refine_points, replace=False))
         ct_to_cam, model_to_ct, res.cost_history = _refine(
-            ct_to_cam, model_to_ct, p[use], uv[use], np.clip(w[use], 1e-12, None), K, ct, normals, tree, cfg)
+            ct_to_cam, model_to_ct, p[sel], uv[sel], np.clip(w[sel], 1e-12, None), K, ct, normals, tree, cfg)
         res.ct_to_model = _inv_similarity(model_to_ct)
         res.scale = float(np.cbrt(np.linalg.det(res.ct_to_model[:3, :3])))
     if not np.isfinite(ct_to_cam).all():
