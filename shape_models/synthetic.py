@@ -175,3 +175,29 @@ def noisy_contour(points_uv: np.ndarray, sigma_px: float = 1.0, seed: int = 0) -
     """Contour points ``(M, 2)`` with isotropic Gaussian noise of ``sigma_px`` per coordinate."""
     rng = np.random.default_rng(seed)
     return np.asarray(points_uv, np.float64) + rng.normal(0.0, sigma_px, np.shape(points_uv))
+
+
+def remesh(vertices: np.ndarray, faces: np.ndarray, n_triangles: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The same surface with another triangulation: open3d quadric decimation to
+    ``n_triangles``, then the vertices shuffled (faces renumbered), so vertex ``i``
+    no longer means anything. Returns ``(vertices (V', 3), faces (F', 3))``."""
+    import open3d as o3d
+
+    mesh = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(np.asarray(vertices, np.float64)),
+                                     o3d.utility.Vector3iVector(np.asarray(faces, np.int32)))
+    dec = mesh.simplify_quadric_decimation(int(n_triangles))
+    v = np.asarray(dec.vertices)
+    f = np.asarray(dec.triangles).astype(np.int64)
+    perm = np.random.default_rng(seed).permutation(len(v))
+    return v[perm], np.argsort(perm)[f]
+
+
+def whitened_coefficients(n_shapes: int, n_components: int, seed: int = 0) -> np.ndarray:
+    """``(n_shapes, n_components)`` coefficients with zero mean and sample covariance
+    exactly the identity (ddof 1): a population whose sample PCA gives back the
+    model's own modes and variances."""
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal((n_shapes, n_components))
+    b -= b.mean(axis=0)
+    q, _ = np.linalg.qr(b)
+    return q * np.sqrt(n_shapes - 1)
