@@ -118,3 +118,12 @@ def test_bad_shapes_and_settings_raise_typed_errors():
         solve_pnp(x, uv, cam, method="magic")
     with pytest.raises(InputError):
         solve_pnp(x, uv, np.zeros((3, 3)))
+
+
+def test_few_exact_landmarks_still_give_a_pose_with_the_polish():
+    # a landmark detector yields a handful of points: the polish must not drop them
+    cam, gt, x, uv, _ = _scene(n=5, seed=8)
+    res = solve_pnp(x, uv, cam, min_inliers=4, min_inlier_ratio=0.5)
+    assert res.success and res.n_inliers == 5
+    rot, trans = se3.pose_errors(torch.as_tensor(res.world_to_cam), torch.as_tensor(gt))
+    assert float(rot) < 1e-3 and float(trans) < 0.1

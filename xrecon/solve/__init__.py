@@ -13,3 +13,12 @@ and ``reason``; degenerate input gives ``success=False``, never a silent wrong
 pose. Poses follow :mod:`xrecon.geometry` (OpenCV ``a_to_b`` 4x4 matrices).
 Heavy engines are imported inside the functions that use them.
 """
+from xrecon.solve.align3d import AlignConfig, AlignResult, align_surfaces, umeyama
+from xrecon.solve.joint import JointConfig, JointResult, solve_joint
+from xrecon.solve.pnp import PnPConfig, PnPResult, solve_pnp
+
+__all__ = [
+    "AlignConfig", "AlignResult", "align_surfaces", "umeyama",
+    "JointConfig", "JointResult", "solve_joint",
+    "PnPConfig", "PnPResult", "solve_pnp",
+]

@@ -270,7 +270,10 @@ def _polish(T: np.ndarray, p3: np.ndarray, p2: np.ndarray, K: np.ndarray, cfg: P
         dR = Rotation.from_rotvec(step[3:]).as_matrix()
         T[:3, :3] = dR @ T[:3, :3]
         T[:3, 3] = dR @ T[:3, 3] + step[:3]
-    return T, err
+    else:
+        return T, err
+    # stopped early (too few weighted points, singular system): errors at the pose kept
+    return T, reprojection_errors_px(T, p3, p2, K)
 
 
 def _ransac_poselib(p3, p2, K, cfg: PnPConfig):
