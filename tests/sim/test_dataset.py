@@ -68,6 +68,8 @@ def test_dataset_content_and_manifest(reference, scene):
     assert manifest["identity"]["ct_sha256"] == ds_mod.volume_digest(ct)
     assert "diffdrr" in manifest["versions"] and "torch" in manifest["versions"]
     assert manifest["bone"]["landmark_names"] == ["centre", "far"]
+    for name in ("manifest.json", "shard-00000.h5"):  # readable by the other machines of a split job
+        assert (reference / name).stat().st_mode & 0o044 == 0o044
     data = _all(reference)
     assert np.array_equal(data["sample_index"], np.arange(7))
     assert data["image"].shape == (7, 24, 24) and data["entry_world"].shape == (7, 24, 24, 3)

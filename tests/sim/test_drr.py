@@ -15,6 +15,7 @@ from xrecon.sim.drr import (
     diffdrr_pose_from_world_to_cam,
     drr_correlation,
     hu_to_density,
+    render_drr,
     world_to_cam_from_diffdrr_pose,
 )
 
@@ -201,3 +202,10 @@ def test_bad_volumes_raise_input_errors(phantom):
     moved = Volume(labels.data, shifted, "lab.nii")
     with pytest.raises(InputError, match="grid"):
         DrrRenderer(ct, cam, labels=moved, structures=[1])
+
+
+def test_render_drr_is_the_renderer_in_one_call(phantom):
+    ct, _ = phantom
+    cam = Camera.from_detector(700.0, 1.5, 20, 24, _poses(2, seed=9))
+    expected = DrrRenderer(ct, cam, spacing_mm=2.0, n_samples=64)(cam.world_to_cam)
+    assert torch.allclose(render_drr(ct, cam, spacing_mm=2.0, n_samples=64), expected)

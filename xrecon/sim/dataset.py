@@ -325,6 +325,13 @@ def _write_shard(path: Path, views: SimulatedViews, params: dict, indices: range
             f.attrs["identity_sha256"] = manifest["identity_sha256"]
             f.attrs["landmark_names"] = json.dumps(views.landmark_names)
             f.attrs["complete"] = True
+        _share(tmp)
+
+
+def _share(path: Path) -> None:
+    """Readable by everyone who may read the folder (temporary files start private),
+    so that machines splitting one job can read each other's shards."""
+    path.chmod(0o644)
 
 
 class _ShardJob:
@@ -472,9 +479,10 @@ def _prepare_folder(out_dir: Path, manifest: dict) -> None:
                 "folder holds a different dataset (other CT, bone, config or seed); choose a new --out or delete it", out_dir
             )
         return
-    if any(_SHARD_RE.match(p.name) for p in out_dir.iterdir()):
+    if any(_SHARD_RE.match(p.name) for p in out_dir.iterdir()) and not path.exists():  # (another machine may have just written it)
         raise InputError("folder holds shard files but no manifest; choose a new --out or delete it", out_dir)
     atomic_write_text(path, json.dumps(manifest, indent=1))
+    _share(path)
 
 
 def _remove_stale_temporaries(out_dir: Path, mine: list[int]) -> None:
