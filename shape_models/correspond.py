@@ -93,10 +93,10 @@ def check_mesh(vertices, faces, source: str | Path | None = None) -> tuple[np.nd
     """Validate a triangle mesh ``(vertices (V, 3), faces (F, 3))``; returns float64 / int64 arrays."""
     v = np.asarray(vertices, dtype=np.float64)
     f = np.asarray(faces) if faces is not None else np.zeros((0, 3))
-    if v.ndim != 2 or v.shape[1] != 3 or len(v) < 4:
-        raise InputError(f"mesh needs (V, 3) vertices with V >= 4, got shape {v.shape}", source)
     if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
         raise InputError("mesh has no faces (a surface mesh with triangles is needed, not a point cloud)", source)
+    if v.ndim != 2 or v.shape[1] != 3 or len(v) < 4:
+        raise InputError(f"mesh needs (V, 3) vertices with V >= 4, got shape {v.shape}", source)
     if not np.isfinite(v).all():
         raise InputError("mesh vertices hold NaN or inf", source)
     f = f.astype(np.int64)
@@ -113,9 +113,11 @@ def load_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise InputError("no such mesh file", path)
     try:
-        mesh = trimesh.load(path, force="mesh", process=False)
+        mesh = trimesh.load(path, process=False)
     except Exception as exc:  # trimesh raises many types for unreadable files
         raise InputError(f"cannot read mesh ({exc})", path) from exc
+    if isinstance(mesh, trimesh.Scene):
+        mesh = mesh.dump(concatenate=True) if mesh.geometry else trimesh.Trimesh()
     faces = getattr(mesh, "faces", None)
     return check_mesh(getattr(mesh, "vertices", np.zeros((0, 3))), faces, path)
 
