@@ -324,6 +324,7 @@ def _write_shard(path: Path, views: SimulatedViews, params: dict, indices: range
                 f.create_dataset(name, data=a, **kw)
             f.attrs["identity_sha256"] = manifest["identity_sha256"]
             f.attrs["landmark_names"] = json.dumps(views.landmark_names)
+            f.attrs["frames"] = json.dumps(manifest["frames"])
             f.attrs["complete"] = True
         _share(tmp)
 
