@@ -35,6 +35,8 @@ def scr(
     levels: int = typer.Option(4, help="U-Net levels (CPU 4; 512 px: 5)."),
     input_stride: int = typer.Option(2, help="2: half-resolution U-Net with dense upsampled output (CPU); "
                                              "1: full resolution (the seed's, for GPUs)."),
+    beta: float = typer.Option(0.0, help="beta-NLL exponent of the SCR likelihood (0 = seed 002's loss; "
+                                         "0.5 trains faster on a CPU budget)."),
     val_fraction: float = typer.Option(0.05, help="Share of the dataset held out for validation."),
     val_images: int = typer.Option(96, help="Validation images that get a full PnP per epoch."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
@@ -77,7 +79,7 @@ def scr(
             setup.train_set, setup.val_set, normalizer=setup.normalizer, camera=setup.camera,
             targets_world=setup.targets_world, target_names=setup.target_names, train_config=cfg,
             net_config=SCRNetConfig(base_channels=base_channels, levels=levels, input_stride=input_stride,
-                                    val_max_images=val_images),
+                                    beta=beta, val_max_images=val_images),
             ct_info=setup.ct_info, run_info=run_info)
     elif method in ("posenet", "landmarks"):
         from xrecon.methods.baselines.train import train_baseline

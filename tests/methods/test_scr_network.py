@@ -66,6 +66,13 @@ def test_gaussian_nll_is_minimal_at_sigma_equal_to_the_error():
     nll = gaussian_nll(target.expand(1, 3, 1, 401), mean.expand(1, 3, 1, 401), s)[0, 0]
     best = s[0, 0, int(nll.argmin())]
     assert abs(float(best) - np.log(d)) < 0.02
+    # beta-NLL keeps the minimiser but weights the pixel by sigma^(2 beta) (no gradient through the weight)
+    nll_b = gaussian_nll(target.expand(1, 3, 1, 401), mean.expand(1, 3, 1, 401), s, beta=0.5)[0, 0]
+    assert torch.allclose(nll_b, nll * torch.exp(s[0]))
+    ls = torch.tensor([[[0.3]]], requires_grad=True)
+    m = mean.clone().requires_grad_(True)
+    gaussian_nll(target, m, ls, beta=0.5).sum().backward()
+    assert torch.allclose(m.grad[0, 0], torch.tensor([[2 * d * np.exp(-2 * 0.3) * np.exp(0.3)]], dtype=torch.float32))
     # the penalty for absent coordinates falls as sigma grows
     assert torch.all(absent_penalty(torch.tensor([0.0, 1.0, 2.0])).diff() < 0)
 

@@ -52,7 +52,7 @@ def test_training_lowers_the_loss_and_writes_the_run_files(trained):
     for name in ("config.json", "history.json", "curves.png", "checkpoints/last.pt", "scr.pt", "scr.json"):
         assert (out / name).exists(), name
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["run_info"]["method"] == "scr" and cfg["train_config"]["monitor"] == "mtre_clipped_mm"
+    assert cfg["run_info"]["method"] == "scr" and cfg["train_config"]["monitor"] == "coord_error_mm"
 
 
 def test_training_resumes_from_the_last_checkpoint(trained, caplog):
@@ -75,7 +75,7 @@ def test_model_file_round_trip_and_register(trained):
     # the stored inference settings are the validation-best candidate
     records = info.training["inference_calibration"]
     best = min(records, key=lambda r: (r["gfr10"], r["median_mtre_mm"]))
-    assert len(records) == 8 and info.inference == best["config"]
+    assert len(records) == 16 and info.inference == best["config"]
     ds = EllipsoidDataset(1, seed=7)
     res = register_scr(ds.image[0], ds.camera[0], path)
     assert res.world_to_cam.shape == (4, 4) and res.timings_s["network"] > 0

@@ -196,7 +196,7 @@ def train_baseline(
     network's constructor arguments (``PoseNet`` / ``LandmarkHeatmapNet``).
     Returns ``(model_path, TrainResult)``."""
     from xrecon.methods.scr.data import first_items
-    from xrecon.train.loop import load_weights, train
+    from xrecon.train.loop import train
 
     if kind == "posenet":
         model = PoseNet(**init_args)
@@ -214,8 +214,8 @@ def train_baseline(
     val = first_items(val_set, val_max_images) if val_set is not None else None
     result = train(model, loss_fn, train_set, val, train_config, metrics_fn if val is not None else None,
                    run_info={"method": kind, **(run_info or {})})
-    if result.best_checkpoint is not None and Path(result.best_checkpoint).exists():
-        load_weights(model, result.best_checkpoint)
+    # The model file holds the final weights (the cosine schedule ends at a small
+    # learning rate); checkpoints/best.pt keeps the best validation epoch.
     model_path = Path(model_path) if model_path else Path(train_config.out_dir) / f"{kind}.pt"
     if int(os.environ.get("RANK", "0")) == 0:
         extra = {"training": {"epochs_run": len(result.history), "best_monitor": result.best_value,

@@ -45,6 +45,10 @@ class SCRInferenceConfig:
         pnp_method: ``"poselib"`` (LO-RANSAC, fast) or ``"opencv"`` (the seed's).
         max_iterations: RANSAC iterations (seed 002: 1000).
         use_exit: also use the exit points (the seed uses both).
+        polish_points: after RANSAC, polish the pose on up to this many of all
+            the correspondences that passed the filter (the engine's
+            ``final_refine_points``, poselib only); 0 = off (the pose then rests
+            on the ``max_points`` most confident ones).
         seed: RANSAC seed.
     """
 
@@ -54,6 +58,7 @@ class SCRInferenceConfig:
     pnp_method: str = "poselib"
     max_iterations: int = 1000
     use_exit: bool = True
+    polish_points: int = 0
     seed: int = 0
 
     @classmethod
@@ -104,7 +109,7 @@ def pose_from_correspondences(corr: Correspondences, camera: Camera, config: SCR
 
     pnp = PnPConfig(method=config.pnp_method, reproj_threshold_px=config.reproj_threshold_px,
                     max_iterations=config.max_iterations, log_sigma_threshold=config.log_var_threshold,
-                    max_points=config.max_points, seed=config.seed)
+                    max_points=config.max_points, final_refine_points=config.polish_points, seed=config.seed)
     # The engine's ``log_sigma`` argument is the seed's log variance.
     return solve_pnp(corr.points_world, corr.pixels_uv, camera, config=pnp, log_sigma=corr.log_variance)
 

@@ -3,8 +3,8 @@
 The method supplies the network, the seed-002 loss and a per-epoch validation
 metric (PnP on the predicted correspondences, mTRE against the true pose);
 the loop supplies seeding, checkpoints that resume, DDP under ``torchrun``,
-``config.json``, ``history.json`` and ``curves.png``. At the end the best
-epoch's weights are written as a self-contained model file
+``config.json``, ``history.json`` and ``curves.png``. At the end the final
+weights are written as a self-contained model file
 (:mod:`xrecon.methods.scr.model_io`).
 
 Batches are dicts (see :mod:`xrecon.methods.scr.data`):
@@ -48,6 +48,8 @@ class SCRNetConfig:
         base_channels, levels: U-Net size (CPU: 16 / 4; GPU 512 px: 32 / 5).
         input_stride: 2 (CPU: half-resolution inside, dense output) or 1 (the seed's full resolution).
         absent_weight: weight of the ``1 / sigma`` term on pixels without bone.
+        beta: beta-NLL exponent of the likelihood term (0 = seed 002's loss;
+            see :mod:`xrecon.methods.scr.loss`).
         val_max_images: validation images that get a full PnP per epoch.
     """
 
@@ -55,10 +57,11 @@ class SCRNetConfig:
     levels: int = 4
     input_stride: int = 2
     absent_weight: float = 1.0
+    beta: float = 0.0
     val_max_images: int = 128
 
 
-def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0):
+def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, beta: float = 0.0):
     """``loss_fn(model, batch) -> (loss, logs)`` for :func:`xrecon.train.loop.train`."""
     centre = torch.tensor(normalizer.centre_mm, dtype=torch.float32)
     scale = float(normalizer.scale_mm)
@@ -68,7 +71,7 @@ def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0):
         c = centre.to(out.device)[None, :, None, None]
         entry = (batch["entry_world"].to(out.dtype) - c) / scale
         exit_ = (batch["exit_world"].to(out.dtype) - c) / scale
-        terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight)
+        terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight, beta)
         logs = {"nll": terms["nll"].mean(), "absent": terms["absent"].mean(),
                 "coord_error_mm": terms["error_norm"].mean() * scale}
         return terms["loss"].mean(), logs
@@ -108,10 +111,11 @@ def make_metrics_fn(normalizer: CoordinateNormalizer, targets_world: np.ndarray,
 
 #: Inference settings tried on the validation set after training (seed 002's
 #: log-variance threshold 0.0 and stricter ones, or the per-image choice; the
-#: seed's 10 px at 512 px scaled to 128 px, and twice that).
+#: seed's 10 px at 512 px scaled to 128 px, and twice that; without and with
+#: the engine's polish on all filtered points).
 INFERENCE_CANDIDATES = tuple(
-    SCRInferenceConfig(log_var_threshold=t, reproj_threshold_px=r)
-    for t in (0.0, -2.0, -4.0, None) for r in (2.5, 5.0)
+    SCRInferenceConfig(log_var_threshold=t, reproj_threshold_px=r, polish_points=p)
+    for t in (0.0, -2.0, -4.0, None) for r in (2.5, 5.0) for p in (0, 5000)
 )
 
 
@@ -168,8 +172,8 @@ def train_scr(
         camera: the training detector at the network resolution (one view).
         targets_world: ``(T, 3)`` mTRE targets (world mm); target_names: their names.
         train_config: :class:`xrecon.train.loop.TrainConfig` (``monitor`` is
-            set to ``mtre_clipped_mm`` when there is a validation set and the
-            config monitors the loss).
+            set to the validation ``coord_error_mm`` when there is a validation
+            set and the config monitors the loss).
         net_config: :class:`SCRNetConfig`.
         inference: PnP settings used for validation and stored in the model.
         model_path: where to write the model (default ``out_dir/scr.pt``).
@@ -182,20 +186,21 @@ def train_scr(
     Returns:
         ``(model_path, TrainResult)``.
     """
-    from xrecon.train.loop import load_weights, train
+    from xrecon.train.loop import train
 
     if val_set is not None and train_config.monitor == "loss":
-        train_config = dataclasses.replace(train_config, monitor="mtre_clipped_mm", monitor_mode="min")
+        # continuous, unlike the clipped mTRE which sits at its clip until PnP starts to work
+        train_config = dataclasses.replace(train_config, monitor="coord_error_mm", monitor_mode="min")
     model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels, net_config.input_stride)
     val = first_items(val_set, net_config.val_max_images) if val_set is not None else None
     info_run = {"method": "scr", "net_config": dataclasses.asdict(net_config),
                 "inference": dataclasses.asdict(inference),
                 "normalizer": dataclasses.asdict(normalizer), **(run_info or {})}
-    result = train(model, make_loss_fn(normalizer, net_config.absent_weight), train_set, val, train_config,
+    result = train(model, make_loss_fn(normalizer, net_config.absent_weight, net_config.beta), train_set, val, train_config,
                    make_metrics_fn(normalizer, targets_world, camera.height, camera.width, inference)
                    if val is not None else None, run_info=info_run)
-    if result.best_checkpoint is not None and Path(result.best_checkpoint).exists():
-        load_weights(model, result.best_checkpoint)
+    # The model file holds the final weights (the cosine schedule ends at a small
+    # learning rate); checkpoints/best.pt keeps the best validation epoch.
     model.cpu().eval()
     model_path = Path(model_path) if model_path else Path(train_config.out_dir) / "scr.pt"
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 writes
