@@ -11,8 +11,10 @@ Two problems:
   camera frame, possibly only partly overlapping. A global initialisation
   (principal axes with all 24 proper axis/sign assignments, plus FPFH features
   matched in RANSAC, both from open3d) gives candidate poses; each is polished by
-  a short robust ICP and scored by a truncated symmetric residual; the best is
-  refined by point-to-plane ICP with a Tukey kernel, coarse to fine.
+  a short robust ICP and scored by a truncated symmetric residual; the best
+  distinct ones are refined in turn by point-to-plane ICP with a Tukey kernel,
+  coarse to fine, until one overlaps the destination well (the best overlap
+  wins: near-symmetric bones can rank a wrong minimum first when coarse).
 
 No preprocessing of the inputs is needed: any rotation, any origin. LPS+ vs
 RAS+ is ``diag(-1, -1, 1)``, a half-turn about z (determinant +1), so a model in
@@ -155,6 +157,10 @@ class AlignConfig:
         tukey_k: Tukey kernel width in units of the level's voxel size.
         max_points: cap on points per cloud at the finest level (random subset).
         min_fitness: smallest overlap (see :attr:`AlignResult.fitness`) accepted.
+        refine_candidates: the best distinct coarse candidates taken through the
+            fine levels, in order, until one reaches ``good_fitness``; the one
+            with the best overlap wins.
+        good_fitness: overlap that ends the search early.
         seed: seeds subsampling and RANSAC.
     """
 
@@ -167,6 +173,8 @@ class AlignConfig:
     tukey_k: float = 2.0
     max_points: int = 20000
     min_fitness: float = 0.3
+    refine_candidates: int = 3
+    good_fitness: float = 0.9
     seed: int = 0
 
     def __post_init__(self):
@@ -263,6 +271,18 @@ def _score(T: np.ndarray, src: np.ndarray, dst_tree, dst: np.ndarray, src_tree, 
     return float(d_ab.mean() + d_ba.mean())
 
 
+def _same_pose(T: np.ndarray, U: np.ndarray, centre: np.ndarray, tol_mm: float) -> bool:
+    """Whether two transforms agree: rotations within 5 degrees and the source
+    centre mapped within ``tol_mm``."""
+    from scipy.spatial.transform import Rotation
+
+    Rt = T[:3, :3] / np.cbrt(np.linalg.det(T[:3, :3]))
+    Ru = U[:3, :3] / np.cbrt(np.linalg.det(U[:3, :3]))
+    angle = np.degrees(np.linalg.norm(Rotation.from_matrix(Rt @ Ru.T).as_rotvec()))
+    moved = np.linalg.norm((T[:3, :3] - U[:3, :3]) @ centre + T[:3, 3] - U[:3, 3])
+    return bool(angle < 5.0 and moved < tol_mm)
+
+
 def _overlap(T: np.ndarray, src: np.ndarray, dst: np.ndarray, tol: float) -> tuple[float, float]:
     """Share of points with a partner on the other surface, the better of both
     directions (the partial or sparser cloud is the one covered), and the RMS
@@ -343,33 +363,53 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
     src_c_pts, dst_c_pts = np.asarray(src_c.points) / scale0, np.asarray(dst_c.points)
     src_tree, dst_tree = cKDTree(src_c_pts), cKDTree(dst_c_pts)
     src_c_raw = _pcd(src_c_pts)
-    best, best_score = None, np.inf
+    scored = []
     for T in cands:
         T = _icp(src_c_raw, dst_c, T, coarse, cfg.coarse_icp_iterations, cfg)
         score = _score(T, src_c_pts, dst_tree, dst_c_pts, src_tree, 2 * coarse)
-        if np.isfinite(score) and score < best_score:
-            best, best_score = T, score
-    if best is None:
+        if np.isfinite(score) and np.isfinite(T).all():
+            scored.append((score, T))
+    if not scored:
         return _fail("no candidate pose survived the coarse ICP", t0)
+    # the best few *distinct* candidates go on to the fine levels (near-symmetric
+    # bones, e.g. a vertebra, can put a wrong local minimum first at the coarse level)
+    scored.sort(key=lambda st: st[0])
+    centre = src.mean(0)
+    distinct: list[np.ndarray] = []
+    for _, T in scored:
+        if all(not _same_pose(T, U, centre, coarse) for U in distinct):
+            distinct.append(T)
+        if len(distinct) == cfg.refine_candidates:
+            break
 
-    # refinement, coarse to fine
     def capped(x):
         return x if len(x) <= cfg.max_points else x[rng.choice(len(x), cfg.max_points, replace=False)]
 
-    T = best
-    voxel = coarse / 2
+    levels, voxel = [], coarse / 2
     while True:
         voxel = max(voxel, fine)
         s_pcd = _pcd(capped(np.asarray(_pcd(src).voxel_down_sample(voxel).points)))
         d_pcd = _with_normals(_pcd(capped(np.asarray(_pcd(dst).voxel_down_sample(voxel).points))), 3 * voxel)
-        T = _icp(s_pcd, d_pcd, T, voxel, cfg.fine_icp_iterations, cfg)
+        levels.append((voxel, s_pcd, d_pcd))
         if voxel <= fine:
             break
         voxel /= 2
-    if not np.isfinite(T).all():
+
+    best = None  # (fitness, -rmse, T)
+    for T in distinct:
+        for voxel, s_pcd, d_pcd in levels:  # refinement, coarse to fine
+            T = _icp(s_pcd, d_pcd, T, voxel, cfg.fine_icp_iterations, cfg)
+        if not np.isfinite(T).all():
+            continue
+        fitness, rmse = _overlap(T, np.asarray(s_pcd.points), np.asarray(d_pcd.points), 3 * fine)
+        if best is None or (fitness, -rmse) > best[:2]:
+            best = (fitness, -rmse, T)
+        if fitness >= cfg.good_fitness:
+            break
+    if best is None:
         return _fail("ICP diverged (non-finite transform)", t0)
+    fitness, rmse, T = best[0], -best[1], best[2]
     s = float(np.cbrt(np.linalg.det(T[:3, :3])))
-    fitness, rmse = _overlap(T, np.asarray(s_pcd.points), np.asarray(d_pcd.points), 3 * fine)
     res = AlignResult(T, s, rmse, fitness, True, "", time.perf_counter() - t0, len(cands))
     if fitness < cfg.min_fitness:
         res.success, res.reason = False, (f"only {fitness:.0%} of source points lie near the destination after "
