@@ -53,12 +53,14 @@ class RegistrationConfig:
             (:func:`shape_models.fit3d.fit_points` from the first pass's pose), then refined
             non-rigidly with ``bootstrap_sigmas_mm``; this removes much of the arbitrary
             sliding of the first pass (0 disables).
+        bootstrap_rounds: how many times that second pass is repeated (each on the previous result).
         seed: for sampling.
     """
 
     n_control_points: int = 400
     sigmas_mm: tuple = (60.0, 40.0, 25.0, 15.0, 10.0)
-    bootstrap_modes: int = 5
+    bootstrap_modes: int = 8
+    bootstrap_rounds: int = 2
     bootstrap_sigmas_mm: tuple = (15.0, 10.0)
     iters_per_level: int = 4
     ridge: float = 1e-1
@@ -274,8 +276,9 @@ def build_model_from_meshes(meshes, template=None, n_components: int | float | N
     results = register_meshes(template, checked, config, sources, progress)
     shapes = np.stack([r.vertices for r in results])
     if config.bootstrap_modes > 0 and len(shapes) >= 3:
-        results = _bootstrap(template, checked, shapes, results, config, progress)
-        shapes = np.stack([r.vertices for r in results])
+        for _ in range(config.bootstrap_rounds):
+            results = _bootstrap(template, checked, shapes, results, config, progress)
+            shapes = np.stack([r.vertices for r in results])
     meta = {"source": f"built from {len(meshes)} meshes by template registration (template: {tname})",
             "frame": "Procrustes frame of the registered meshes", "units": "mm",
             "registration_assd_mm": [round(r.assd_mm, 4) for r in results]}
