@@ -78,7 +78,7 @@ class PnPConfig:
     max_points: int | None = 500
     min_inliers: int = 6
     min_inlier_ratio: float = 0.1
-    final_refine_points: int = 20000
+    final_refine_points: int = 100000
     final_refine_iterations: int = 2
     seed: int = 0
 
