@@ -25,8 +25,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
-
 from shape_models import bundled  # noqa: E402
 from shape_models.quality import compactness, generalisation, specificity  # noqa: E402
 

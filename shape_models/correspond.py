@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xrecon.errors import InputError, check_shape
+from xrecon.errors import InputError
 from shape_models.procrustes import apply_transform
 
 log = logging.getLogger(__name__)
