@@ -192,6 +192,9 @@ class IntensityRefiner(torch.nn.Module):
         ``world_to_cam: (B, 4, 4)`` at pyramid ``level``."""
         cam = self.level_cameras[level]
         target = _downsample(torch.as_tensor(xray, dtype=torch.float32), cam.height, cam.width)
+        return self._level_similarity(target, world_to_cam, level)
+
+    def _level_similarity(self, target: torch.Tensor, world_to_cam: torch.Tensor, level: int) -> torch.Tensor:
         drr = self.renderers[level](world_to_cam)
         return self._similarity(drr, target.expand_as(drr))
 
@@ -230,8 +233,9 @@ class IntensityRefiner(torch.nn.Module):
             return done("X-ray image is constant (empty): nothing to register to")
 
         centre = torch.as_tensor(self.centre_world, dtype=torch.float64)
+        targets = [_downsample(xray, cam.height, cam.width) for cam in self.level_cameras]
         with torch.no_grad():
-            res.similarity_init = float(self.similarity(xray, init[None], -1)[0])
+            res.similarity_init = float(self._level_similarity(targets[-1], init[None], -1)[0])
 
         pose = init
         bar = None
@@ -249,7 +253,7 @@ class IntensityRefiner(torch.nn.Module):
             for it in range(level.max_iterations):
                 opt.zero_grad()
                 current = module()
-                sim = self.similarity(xray, current, li)[0]
+                sim = self._level_similarity(targets[li], current, li)[0]
                 (-sim).backward()
                 value = float(sim.detach())
                 res.history.append({"level": li, "iteration": it, "similarity": value})
@@ -272,7 +276,7 @@ class IntensityRefiner(torch.nn.Module):
             bar.close()
 
         with torch.no_grad():
-            res.similarity_final = float(self.similarity(xray, pose[None], -1)[0])
+            res.similarity_final = float(self._level_similarity(targets[-1], pose[None], -1)[0])
         if not torch.isfinite(pose).all():
             return done("optimisation diverged (non-finite pose); start pose kept")
         if res.similarity_final < res.similarity_init:
