@@ -70,76 +70,39 @@ def simulate(
     follow seed 002's protocol around the bone centre. Run the same command again
     to resume an interrupted run; bad input stops before anything is written.
     """
-    import numpy as np
-
-    from xrecon.anatomy import ct_io
-    from xrecon.anatomy.bone import bone_from_threshold
-    from xrecon.anatomy.labels import resolve_structures
     from xrecon.errors import InputError
-    from xrecon.sim.dataset import DatasetConfig, write_dataset
-    from xrecon.sim.detector import preset_for_size
-    from xrecon.sim.groundtruth import GT_MESH_SMOOTH_SIGMA_MM, SimConfig, bone_for_simulation
+    from xrecon.sim.dataset import DatasetConfig, simulate_dataset
+    from xrecon.sim.groundtruth import SimConfig
     from xrecon.sim.poses import get_sampler
 
     split = _parse_shard(shard)
-    sampler = get_sampler(poses)
     _check_output_parent(out)
     if spacing_mm < 0:
         raise InputError(f"--spacing-mm must be >= 0, got {spacing_mm}")
-
-    if ct is None:
-        if labels is not None:
-            raise InputError("--labels needs --ct (the default CT brings its own label map)")
-        ct_path, labels_path = ct_io.default_ct_paths()
-        ct_vol, label_vol = ct_io.load_default_ct()
-        structures = structures or "thoracic_skeleton"
-    else:
-        ct_path, labels_path = ct, labels
-        ct_vol = ct_io.read_ct(ct)
-        label_vol = None if labels is None else ct_io.read_labels(labels, like=ct_vol, names=label_names)
-    if label_vol is None:
-        if structures is not None or bone_only:
-            raise InputError("--structures and --bone-only need a label map (--labels)", ct)
-        chosen = None
-        bone = bone_from_threshold(ct_vol, hu_threshold, smooth_sigma_mm=GT_MESH_SMOOTH_SIGMA_MM, max_faces=None)
-    else:
-        present = np.flatnonzero(np.bincount(label_vol.data.ravel()))
-        chosen = resolve_structures(structures, label_vol.label_names, present_ids=present, source=labels_path)
-        bone = bone_for_simulation(label_vol, list(chosen))
-
+    if ct is None and labels is not None:
+        raise InputError("--labels needs --ct (the default CT brings its own label map)", labels)
+    if ct is not None and labels is None and (structures is not None or bone_only):
+        raise InputError("--structures and --bone-only need a label map (--labels)", ct)
     config = DatasetConfig(
         n=n,
         seed=seed,
         shard_size=shard_size,
-        poses=sampler,
-        sim=SimConfig(
-            spacing_mm=spacing_mm or None,
-            n_samples=n_samples,
-            bone_only_drr=bone_only,
-            n_surface_samples=surface_samples,
-        ),
+        poses=get_sampler(poses),
+        sim=SimConfig(spacing_mm=spacing_mm or None, n_samples=n_samples, bone_only_drr=bone_only, n_surface_samples=surface_samples),
     )
-    provenance = {
-        "ct": str(ct_path),
-        "labels": None if labels_path is None else str(labels_path),
-        "structures_requested": structures,
-        "bone": bone.source,
-        "poses": poses,
-    }
-    detector = preset_for_size(size)
     try:
-        summary = write_dataset(
+        summary = simulate_dataset(
             out,
-            ct_vol,
-            bone,
-            detector,
             config,
-            labels=label_vol,
-            structures=chosen,
+            ct_path=ct,
+            labels_path=labels,
+            label_names=label_names,
+            structures=structures,
+            hu_threshold=hu_threshold,
+            size_px=size,
             workers=workers,
             shard=split,
             progress=progress,
-            provenance=provenance,
         )
     except KeyboardInterrupt:
         typer.echo(f"xrecon: interrupted; run the same command again to resume into {out}", err=True)

