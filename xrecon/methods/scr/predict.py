@@ -49,6 +49,9 @@ class SCRInferenceConfig:
             the correspondences that passed the filter (the engine's
             ``final_refine_points``, poselib only); 0 = off (the pose then rests
             on the ``max_points`` most confident ones).
+        min_inlier_ratio: a pose counts as a success only when at least this
+            share of the correspondences it was fitted to are inliers (a
+            pose that few predictions support is reported as a failure).
         seed: RANSAC seed.
     """
 
@@ -59,6 +62,7 @@ class SCRInferenceConfig:
     max_iterations: int = 1000
     use_exit: bool = True
     polish_points: int = 0
+    min_inlier_ratio: float = 0.2
     seed: int = 0
 
     @classmethod
@@ -109,7 +113,8 @@ def pose_from_correspondences(corr: Correspondences, camera: Camera, config: SCR
 
     pnp = PnPConfig(method=config.pnp_method, reproj_threshold_px=config.reproj_threshold_px,
                     max_iterations=config.max_iterations, log_sigma_threshold=config.log_var_threshold,
-                    max_points=config.max_points, final_refine_points=config.polish_points, seed=config.seed)
+                    max_points=config.max_points, final_refine_points=config.polish_points,
+                    min_inlier_ratio=config.min_inlier_ratio, seed=config.seed)
     # The engine's ``log_sigma`` argument is the seed's log variance.
     return solve_pnp(corr.points_world, corr.pixels_uv, camera, config=pnp, log_sigma=corr.log_variance)
 
