@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from shape_models import bundled  # noqa: E402
-from shape_models.fit2d import Fit2DConfig, _exp_so3, contour_from_mask, fit_contours  # noqa: E402
+from shape_models.fit2d import Fit2DConfig, contour_from_mask, fit_contours  # noqa: E402
+from shape_models.procrustes import exp_so3  # noqa: E402
 from shape_models.procrustes import align_points, apply_transform  # noqa: E402
 from shape_models.synthetic import biplanar_cameras, noisy_contour, render_silhouette, smooth_deformation  # noqa: E402
 from xrecon.metrics.shape import assd  # noqa: E402
@@ -42,7 +43,7 @@ def start_pose(centre, seed):
     shift = rng.standard_normal(3)
     shift = 20.0 * shift / np.linalg.norm(shift)
     T = np.eye(4)
-    T[:3, :3] = _exp_so3(np.radians(10.0) * axis)
+    T[:3, :3] = exp_so3(np.radians(10.0) * axis)
     T[:3, 3] = centre - T[:3, :3] @ centre + shift
     return T
 

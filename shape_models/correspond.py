@@ -125,7 +125,7 @@ def load_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _closest(vertices, faces, query):
-    from shape_models.fit3d import closest_surface_points
+    from shape_models.surface import closest_surface_points
 
     return closest_surface_points(vertices, faces, query)[2]
 

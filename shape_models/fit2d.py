@@ -44,7 +44,8 @@ import numpy as np
 
 from xrecon.errors import InputError, check_shape
 from shape_models.model import ShapeModel
-from shape_models.procrustes import apply_transform
+from shape_models.procrustes import apply_transform, exp_so3, skew
+from shape_models.surface import raycasting_scene
 
 log = logging.getLogger(__name__)
 
@@ -162,17 +163,6 @@ def mesh_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, adj
 
 
-def _scene(vertices, faces):
-    import open3d as o3d
-
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(np.ascontiguousarray(vertices, dtype=np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.int32))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(mesh)
-    return scene
-
-
 def outline_points(vertices_world: np.ndarray, faces: np.ndarray, edges: np.ndarray, edge_faces: np.ndarray,
                    camera, view: int = 0, offset_px: float = 1.5, scene=None) -> tuple[np.ndarray, np.ndarray]:
     """Contour-generator edges of a posed mesh that lie on its projected silhouette outline.
@@ -210,28 +200,13 @@ def outline_points(vertices_world: np.ndarray, faces: np.ndarray, edges: np.ndar
     probe = mid - side[:, None] * perp * offset_px
     origin, direction = camera[view].rays_world(probe)
     rays = np.concatenate([origin[0].numpy(), direction[0].numpy()], axis=1).astype(np.float32)
-    scene = scene if scene is not None else _scene(X, faces)
+    scene = scene if scene is not None else raycasting_scene(X, faces)
     hit = scene.test_occlusions(o3d.core.Tensor(rays)).numpy()
     keep = ~hit
     return sil[keep], mid[keep]
 
 
 # ---------------------------------------------------------------------------- fitting
-def _skew(v):
-    z = np.zeros(len(v))
-    return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
-                     np.stack([-v[:, 1], v[:, 0], z], -1)], axis=1)
-
-
-def _exp_so3(w):
-    theta = np.linalg.norm(w)
-    if theta < 1e-12:
-        return np.eye(3)
-    k = w / theta
-    Kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(theta) * Kx + (1 - np.cos(theta)) * Kx @ Kx
-
-
 def _gate(dist, sigma):
     mad = 1.4826 * np.median(np.abs(dist)) if len(dist) else 0.0
     return dist <= max(3 * mad, 3 * sigma)
@@ -299,7 +274,7 @@ def fit_contours(model: ShapeModel, observations, camera, init_model_to_world: n
         g = np.zeros(P)
         cost = 0.0
         rms = []
-        scene = _scene(X, faces)
+        scene = raycasting_scene(X, faces)
         for v in range(len(camera)):
             eid, uv = outline_points(X, faces, edges, edge_faces, camera, v, config.outline_offset_px, scene)
             if len(eid) < 10:
@@ -319,7 +294,7 @@ def fit_contours(model: ShapeModel, observations, camera, init_model_to_world: n
             Jp[:, 1, 2] = -Kmat[1, 1] * Pc[:, 1] / z**2
             blocks = []
             if n_pose:
-                blocks += [-_skew(Xm - c), np.broadcast_to(np.eye(3), (len(Xm), 3, 3))]
+                blocks += [-skew(Xm - c), np.broadcast_to(np.eye(3), (len(Xm), 3, 3))]
             blocks.append(np.einsum("de,jne->ndj", R, 0.5 * (comps[:, ea] + comps[:, eb])))
             Juv = (Jp @ Rwc) @ np.concatenate(blocks, axis=2)  # (n, 2, P)
             d1, j1 = trees[v].query(uv)  # outline -> contour
@@ -357,7 +332,7 @@ def fit_contours(model: ShapeModel, observations, camera, init_model_to_world: n
         if n_pose:
             delta[:3] *= min(1.0, np.radians(config.max_step_deg) / max(np.linalg.norm(delta[:3]), 1e-12))
             delta[3:6] *= min(1.0, config.max_step_mm / max(np.linalg.norm(delta[3:6]), 1e-12))
-            dR = _exp_so3(delta[:3])
+            dR = exp_so3(delta[:3])
             # X' = dR (X - c) + c + dt  =>  R' = dR R, t' = dR (t - c) + c + dt
             R, t = dR @ R, dR @ (t - c) + c + delta[3:6]
         return R, t, np.clip(b + delta[P - K:], -config.max_sd, config.max_sd)

@@ -50,7 +50,8 @@ from scipy.stats import chi2
 
 from xrecon.errors import InputError, check_shape
 from shape_models.model import ShapeModel
-from shape_models.procrustes import align_points, apply_transform
+from shape_models.procrustes import align_points, apply_transform, exp_so3, skew
+from shape_models.surface import closest_surface_points
 
 log = logging.getLogger(__name__)
 
@@ -150,22 +151,6 @@ class Fit3DResult:
 
 
 # ---------------------------------------------------------------------------- small helpers
-def _skew(v: np.ndarray) -> np.ndarray:
-    """``(N, 3)`` -> ``(N, 3, 3)`` cross-product matrices."""
-    z = np.zeros(len(v))
-    return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
-                     np.stack([-v[:, 1], v[:, 0], z], -1)], axis=1)
-
-
-def _exp_so3(w: np.ndarray) -> np.ndarray:
-    theta = np.linalg.norm(w)
-    if theta < 1e-12:
-        return np.eye(3)
-    k = w / theta
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
-
-
 def _principal_axes(points: np.ndarray) -> np.ndarray:
     c = points - points.mean(axis=0)
     _, vecs = np.linalg.eigh(c.T @ c)
@@ -292,32 +277,6 @@ def fpfh_align(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, conf
 
 
 # ---------------------------------------------------------------------------- stage 2
-def _scene(vertices: np.ndarray, faces: np.ndarray):
-    import open3d as o3d
-
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(np.ascontiguousarray(vertices, dtype=np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.int32))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(mesh)
-    return scene
-
-
-def closest_surface_points(vertices: np.ndarray, faces: np.ndarray, query: np.ndarray):
-    """Closest points on a mesh: ``(face ids (N,), barycentrics (N, 3), points (N, 3), normals (N, 3))``."""
-    import open3d as o3d
-
-    r = _scene(vertices, faces).compute_closest_points(o3d.core.Tensor(np.asarray(query, dtype=np.float32)))
-    fid = r["primitive_ids"].numpy().astype(np.int64)
-    uv = r["primitive_uvs"].numpy().astype(np.float64)
-    bary = np.stack([1 - uv[:, 0] - uv[:, 1], uv[:, 0], uv[:, 1]], axis=1)
-    tri = vertices[faces[fid]]
-    pts = np.einsum("nk,nkd->nd", bary, tri)
-    nrm = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
-    nrm /= np.maximum(np.linalg.norm(nrm, axis=1, keepdims=True), 1e-12)
-    return fid, bary, pts, nrm
-
-
 def fit_points(model: ShapeModel, points, config: Fit3DConfig = Fit3DConfig(),
                init_model_to_points: np.ndarray | None = None) -> Fit3DResult:
     """Fit ``model`` (pose + shape) to ``points: (N, 3)`` mm in any frame.
@@ -440,7 +399,7 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
         n_w = nrm[keep] @ R.T
         # Jacobian (n, 3, P) of the matched points w.r.t. [omega (3), (log scale), t (3), b (K)]
         J_b = s * (R @ (bary[keep][:, :, None, None] * comps_v[f]).sum(axis=1))  # (n, 3, K)
-        blocks = [-_skew(z)] + ([z[:, :, None]] if n_scale else [])
+        blocks = [-skew(z)] + ([z[:, :, None]] if n_scale else [])
         blocks += [np.broadcast_to(np.eye(3), (len(z), 3, 3)), J_b]
         J = np.concatenate(blocks, axis=2)
         M = np.einsum("ni,nj->nij", n_w, n_w) + config.point_to_point * np.eye(3)
@@ -469,7 +428,7 @@ def _refine(model: ShapeModel, K: int, pts: np.ndarray, pts_all: np.ndarray, T0:
         delta[P - K:] *= min(1.0, config.max_step_sd / max(np.abs(delta[P - K:]).max(), 1e-12))
         ds = float(np.exp(delta[3])) if n_scale else 1.0
         i = 3 + n_scale
-        dR = _exp_so3(delta[:3])
+        dR = exp_so3(delta[:3])
         # increment about c: y' = ds dR (y - c) + c + dt
         return (dR @ R, ds * dR @ (t - c) + c + delta[i:i + 3], s * ds,
                 np.clip(b + delta[P - K:], -config.max_sd, config.max_sd))

@@ -89,6 +89,23 @@ def align_points(source: np.ndarray, target: np.ndarray, mode: str | None = "sim
     return similarity_matrix(R, t, scale)
 
 
+def skew(v: np.ndarray) -> np.ndarray:
+    """Cross-product matrices ``(N, 3, 3)`` of ``v: (N, 3)`` (``skew(v) @ w = v x w``)."""
+    z = np.zeros(len(v))
+    return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
+                     np.stack([-v[:, 1], v[:, 0], z], -1)], axis=1)
+
+
+def exp_so3(rotvec: np.ndarray) -> np.ndarray:
+    """Rotation matrix ``(3, 3)`` of a rotation vector ``(3,)`` (Rodrigues), radians."""
+    theta = float(np.linalg.norm(rotvec))
+    if theta < 1e-12:
+        return np.eye(3)
+    k = np.asarray(rotvec, np.float64) / theta
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * K @ K
+
+
 def centroid_size(points: np.ndarray) -> np.ndarray:
     """RMS distance of the points ``(..., N, 3)`` to their centroid, ``(...)`` in mm."""
     points = np.asarray(points, dtype=np.float64)

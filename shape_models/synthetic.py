@@ -143,11 +143,9 @@ def render_silhouette(vertices: np.ndarray, faces: np.ndarray, camera, view: int
     centre hits the surface (open3d ray casting; independent of the fitter's outline code)."""
     import open3d as o3d
 
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(np.asarray(vertices, np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(np.asarray(faces, np.int32))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(mesh)
+    from shape_models.surface import raycasting_scene
+
+    scene = raycasting_scene(vertices, faces)
     cam = camera[view]
     origin, direction = cam.rays_world(cam.pixel_grid())
     rays = np.concatenate([origin[0].numpy(), direction[0].numpy()], axis=1).astype(np.float32)

@@ -4,7 +4,7 @@ import pytest
 
 from shape_models import bundled
 from shape_models.fit2d import Fit2DConfig, contour_from_mask, fit_contours, mesh_edges
-from shape_models.procrustes import align_points, apply_transform
+from shape_models.procrustes import align_points, apply_transform, exp_so3
 from shape_models.synthetic import biplanar_cameras, render_silhouette, smooth_deformation
 from xrecon.errors import InputError
 from xrecon.metrics.shape import assd
@@ -50,11 +50,9 @@ def test_biplanar_known_pose(scene):
 
 def test_single_view_unknown_pose(scene):
     model, truth, cams, masks = scene
-    from shape_models.fit2d import _exp_so3
-
     c = truth.mean(axis=0)
     init = np.eye(4)
-    init[:3, :3] = _exp_so3(np.radians(10.0) * np.array([0.6, 0.8, 0.0]))
+    init[:3, :3] = exp_so3(np.radians(10.0) * np.array([0.6, 0.8, 0.0]))
     init[:3, 3] = c - init[:3, :3] @ c + np.array([12.0, -16.0, 0.0])  # 10 deg, 20 mm off
     res = fit_contours(model, masks[:1], cams[[0]], init, Fit2DConfig(estimate_pose=True))
     assert res.success, res.reason
