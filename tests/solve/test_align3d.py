@@ -101,3 +101,14 @@ def test_align_surfaces_degenerate_inputs_fail_with_reason(case):
 def test_align_surfaces_rejects_unknown_init():
     with pytest.raises(InputError):
         AlignConfig(global_init=("magic",))
+
+
+def test_scale_bounds_reject_out_of_range_scales():
+    src = bone_like_points(2000, 8)
+    T = planted_transform(8, scale=1.6)
+    dst = apply(T, bone_like_points(2000, 9))
+    res = align_surfaces(src, dst, with_scale=True, init_scale=1.0, scale_bounds=(0.8, 1.25), global_init=("pca",))
+    # the true scale is out of range: either no answer, or one that honours the bounds
+    assert (not res.success and "scale" in res.reason) or 0.8 <= res.scale <= 1.25
+    ok = align_surfaces(src, dst, with_scale=True, init_scale=1.5, scale_bounds=(1.2, 2.0), global_init=("pca",))
+    assert ok.success and abs(ok.scale - 1.6) < 0.02

@@ -147,6 +147,11 @@ class AlignConfig:
 
     Attributes:
         with_scale: estimate an isotropic scale too (similarity).
+        init_scale: starting scale with ``with_scale``; ``None`` takes the ratio of
+            the clouds' spreads, which is biased when one cloud is partial (then
+            give the expected scale, e.g. 1.0 for two metric shapes).
+        scale_bounds: ``(lo, hi)``: candidates whose scale leaves this range are
+            discarded (a partial cloud otherwise invites a shrunken fit).
         coarse_voxel_mm: voxel size of the global stage; ``None`` = the larger
             bounding-box diagonal / 30.
         fine_voxel_mm: voxel size of the last ICP level; ``None`` = coarse / 8.
@@ -165,6 +170,8 @@ class AlignConfig:
     """
 
     with_scale: bool = False
+    init_scale: float | None = None
+    scale_bounds: tuple[float, float] | None = None
     coarse_voxel_mm: float | None = None
     fine_voxel_mm: float | None = None
     global_init: tuple[str, ...] = ("pca", "fpfh")
@@ -337,7 +344,13 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
     diag = max(np.ptp(src, 0).max(), np.ptp(dst, 0).max()) * np.sqrt(3)
     scale0 = 1.0
     if cfg.with_scale:
-        scale0 = float(np.sqrt(np.var(dst, 0).sum() / np.var(src, 0).sum()))
+        scale0 = cfg.init_scale or float(np.sqrt(np.var(dst, 0).sum() / np.var(src, 0).sum()))
+
+    def scale_ok(T: np.ndarray) -> bool:
+        if cfg.scale_bounds is None:
+            return True
+        s = float(np.cbrt(np.linalg.det(T[:3, :3])))
+        return cfg.scale_bounds[0] <= s <= cfg.scale_bounds[1]
     coarse = cfg.coarse_voxel_mm or float(np.linalg.norm(np.ptp(dst, 0))) / 30.0
     fine = cfg.fine_voxel_mm or coarse / 8.0
 
@@ -367,10 +380,11 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
     for T in cands:
         T = _icp(src_c_raw, dst_c, T, coarse, cfg.coarse_icp_iterations, cfg)
         score = _score(T, src_c_pts, dst_tree, dst_c_pts, src_tree, 2 * coarse)
-        if np.isfinite(score) and np.isfinite(T).all():
+        if np.isfinite(score) and np.isfinite(T).all() and scale_ok(T):
             scored.append((score, T))
     if not scored:
-        return _fail("no candidate pose survived the coarse ICP", t0)
+        return _fail("no candidate pose survived the coarse ICP"
+                     + ("" if cfg.scale_bounds is None else f" with a scale in {cfg.scale_bounds}"), t0)
     # the best few *distinct* candidates go on to the fine levels (near-symmetric
     # bones, e.g. a vertebra, can put a wrong local minimum first at the coarse level)
     scored.sort(key=lambda st: st[0])
@@ -399,7 +413,7 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
     for T in distinct:
         for voxel, s_pcd, d_pcd in levels:  # refinement, coarse to fine
             T = _icp(s_pcd, d_pcd, T, voxel, cfg.fine_icp_iterations, cfg)
-        if not np.isfinite(T).all():
+        if not np.isfinite(T).all() or not scale_ok(T):
             continue
         fitness, rmse = _overlap(T, np.asarray(s_pcd.points), np.asarray(d_pcd.points), 3 * fine)
         if best is None or (fitness, -rmse) > best[:2]:
@@ -407,7 +421,8 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
         if fitness >= cfg.good_fitness:
             break
     if best is None:
-        return _fail("ICP diverged (non-finite transform)", t0)
+        return _fail("ICP diverged (non-finite transform"
+                     + (")" if cfg.scale_bounds is None else f" or scale outside {cfg.scale_bounds})"), t0)
     fitness, rmse, T = best[0], -best[1], best[2]
     s = float(np.cbrt(np.linalg.det(T[:3, :3])))
     res = AlignResult(T, s, rmse, fitness, True, "", time.perf_counter() - t0, len(cands))

@@ -50,8 +50,11 @@ class JointConfig:
 
     Attributes:
         pnp: PnP settings (both PnP solves).
-        align: 3D alignment settings (CT surface to the predictions); scale on
-            by default.
+        align: 3D alignment settings (CT surface to the predictions): scale on
+            by default, starting at 1 and kept within 0.8-1.25 (the model frame is
+            metric up to the size uncertainty of a single view; the predictions
+            cover only the visible part, which would otherwise invite a
+            shrunken fit).
         refine: run the joint least-squares refinement.
         sigma_px: reprojection residual unit (expected prediction error, px).
         sigma_mm: 3D residual unit (expected surface error of predictions, mm).
@@ -65,7 +68,8 @@ class JointConfig:
     """
 
     pnp: PnPConfig = field(default_factory=PnPConfig)
-    align: AlignConfig = field(default_factory=lambda: AlignConfig(with_scale=True))
+    align: AlignConfig = field(default_factory=lambda: AlignConfig(with_scale=True, init_scale=1.0,
+                                                                   scale_bounds=(0.8, 1.25)))
     refine: bool = True
     sigma_px: float = 1.0
     sigma_mm: float = 1.0
