@@ -67,4 +67,6 @@ def load_recon_model(path: str | Path | None = None, device: str | torch.device 
     net = ReconNet(ReconNetConfig.from_dict(state["net_config"]))
     net.load_state_dict(state["state_dict"])
     net.to(device).eval()
+    #: bone-probability threshold calibrated on the validation set (see calibrate_mask_threshold)
+    net.mask_threshold = float(state.get("info", {}).get("mask_threshold", 0.5))
     return net, space, dict(state.get("info", {}))

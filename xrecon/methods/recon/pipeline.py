@@ -49,7 +49,9 @@ class ReconConfig:
     """Settings of :func:`reconstruct_image` and :func:`register_ct_points`.
 
     Attributes:
-        mask_threshold: bone probability above which a pixel gives correspondences.
+        mask_threshold: bone probability above which a pixel gives correspondences
+            (``None``: the value calibrated on the validation set and stored in the
+            model file, else 0.5).
         max_sigma_mm: drop predictions whose predicted error exceeds this.
         max_offsurface_mm: drop canonical predictions farther than this from the mean surface.
         reproj_threshold_net_px: RANSAC inlier threshold in pixels of the network's
@@ -65,8 +67,8 @@ class ReconConfig:
         seed: seeds RANSAC and subsets.
     """
 
-    mask_threshold: float = 0.5
-    max_sigma_mm: float = 15.0
+    mask_threshold: float | None = None
+    max_sigma_mm: float = 40.0
     max_offsurface_mm: float = 10.0
     reproj_threshold_net_px: float = 3.0
     pnp_max_points: int = 1500
@@ -255,7 +257,8 @@ def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
     """Reconstruct the posed bone from ``image: (H, W)`` seen by ``camera`` (its intrinsics;
     its pose is ignored)."""
     t0 = time.perf_counter()
-    pred = predict_dense(net, image, camera, config.mask_threshold)
+    threshold = config.mask_threshold if config.mask_threshold is not None else getattr(net, "mask_threshold", 0.5)
+    pred = predict_dense(net, image, camera, threshold)
     t_net = time.perf_counter() - t0
     rec = reconstruct_from_prediction(pred, space, camera, config)
     rec.timings_s["network"] = t_net

@@ -87,6 +87,7 @@ def train_recon(train_h5: str | Path, val_h5: str | Path, config: TrainConfig, *
                 "epochs_run": len(result.history), "stopped_early": result.stopped_early,
                 "best_epoch": best.get("epoch"), "best_val": best.get("val"), "best_val_metrics": best.get("val_metrics"),
                 "train_seconds": float(sum(h["epoch_seconds"] for h in result.history))}
+        info["mask_threshold"], info["mask_iou_by_threshold_val"] = calibrate_mask_threshold(net.cpu(), val_h5)
         save_recon_model(out, net.cpu().eval(), space, shape_name, info)
         log.info("model written to %s", out)
     return out
@@ -110,7 +111,31 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str = "best", out: str | 
     shape_name = info["data"]["train"]["config"]["shape_model"]
     space = ShapeSpace.from_shape_model(load_model(shape_name))
     out = Path(out) if out else run_dir / f"recon_model_{checkpoint}.pt"
+    threshold, ious = calibrate_mask_threshold(net, info["data"]["val"]["path"])
     save_recon_model(out, net.eval(), space, shape_name,
                      {"command": info.get("command"), "train_config": cfg["train_config"], "data": info["data"],
-                      "checkpoint": str(ckpt), "epochs_run": state.get("epoch")})
+                      "checkpoint": str(ckpt), "epochs_run": state.get("epoch"), "mask_threshold": threshold,
+                      "mask_iou_by_threshold_val": ious})
     return out
+
+
+@torch.no_grad()
+def calibrate_mask_threshold(net: ReconNet, val_h5: str | Path, thresholds=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5)) -> tuple[float, dict]:
+    """The bone-probability threshold with the best mean mask IoU on a validation file,
+    and the IoU of each threshold."""
+    import torch.nn.functional as F
+
+    ds = ReconH5Dataset(val_h5)
+    net.eval()
+    ious = {t: [] for t in thresholds}
+    for i in range(0, len(ds), 8):
+        items = [ds[j] for j in range(i, min(i + 8, len(ds)))]
+        x = torch.stack([it["image"] for it in items])
+        prob = torch.sigmoid(net(x).mask_logit)
+        gt = torch.stack([it["mask"] for it in items]) > 0.5
+        for t in thresholds:
+            pm = prob > t
+            ious[t] += ((pm & gt).sum((1, 2)).float() / (pm | gt).sum((1, 2)).clamp_min(1).float()).tolist()
+    mean = {float(t): float(np.mean(v)) for t, v in ious.items()}
+    best = max(mean, key=mean.get)
+    return best, mean
