@@ -63,7 +63,7 @@ def test_loss_is_zero_error_for_a_perfect_prediction_and_learns():
     first = None
     for _ in range(25):
         value, logs = loss(net, batch)
-        first = first if first is not None else float(value)
+        first = first if first is not None else float(value.detach())
         opt.zero_grad()
         value.backward()
         opt.step()
