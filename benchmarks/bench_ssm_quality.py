@@ -39,12 +39,13 @@ def main():
     curves = {}
     for name in ("pelvis", "femur"):
         model = bundled.load_model(name)
-        all_shapes, _ = bundled.subject_shapes(model, "all")
+        side, bones, _ = bundled.READY_MODELS[name]
+        # the rebuilt subjects themselves (rigidly aligned), not their projections on the model
+        all_shapes = model.align(bundled.coupled_instances(side, bones)[0])[0]
         split = model.metadata_["split"]
         ks = list(range(1, model.n_components_ + 1))
         gen = generalisation(all_shapes, ks, model.faces_, model.procrustes, left_out=split["test"][:n_left])
-        train, _ = bundled.subject_shapes(model, "train")
-        spec = specificity(model, train, ks, n_samples=n_spec)
+        spec = specificity(model, all_shapes[split["train"]], ks, n_samples=n_spec)
         curves[f"{name} (articulated-ssm)"] = {"ks": ks, "compactness": compactness(model).tolist(),
                                                "generalisation_mm": gen.mean(axis=1).tolist(),
                                                "generalisation_sd_mm": gen.std(axis=1).tolist(),
