@@ -180,7 +180,7 @@ class AlignConfig:
     tukey_k: float = 2.0
     max_points: int = 20000
     min_fitness: float = 0.3
-    refine_candidates: int = 3
+    refine_candidates: int = 6
     good_fitness: float = 0.9
     seed: int = 0
 
