@@ -25,6 +25,7 @@ _COMMANDS = [
     ("evaluate", "evaluate", "evaluate"),
     ("train", "app", "train"),
     ("ssm", "app", "ssm"),
+    ("demo", "demo", "demo"),
 ]
 
 
