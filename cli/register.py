@@ -15,6 +15,8 @@ def register(
     ct: Path = typer.Option(..., "--ct", help="CT volume (NIfTI / NRRD / MHA / DICOM folder), any frame."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the CT grid (default: bone by "
                                                                   "HU threshold)."),
+    label_names: Optional[str] = typer.Option(None, "--label-names", help="Names of the label ids: "
+                                              "'totalsegmentator', or a JSON / CSV file of id -> name."),
     structures: Optional[str] = typer.Option(None, "--structures", help="Labels to use: names, ids or groups, "
                                                                          "comma-separated (needs --labels)."),
     camera: Optional[Path] = typer.Option(None, "--camera", help="Camera JSON (default: the image's sidecar)."),
@@ -41,7 +43,7 @@ def register(
 
         img, cam = api.load_xray(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
         ct_vol = read_ct(ct)
-        bone = api.ct_bone(ct_vol, labels, structures)
+        bone = api.ct_bone(ct_vol, labels, structures, label_names=label_names)
         res = register_scr(img, cam, model, ct_vol, refine, labels=labels)
         files = write_scr_registration(out, res, img, cam, bone)
         typer.echo(f"registration (patient-specific SCR): {'ok' if res.success else res.reason}")
@@ -50,7 +52,7 @@ def register(
         return
 
     result = api.register(image, camera, ct, labels=labels, structures=structures, refine=refine, sdd_mm=sdd,
-                          pixel_spacing_mm=pixel_spacing, model=model)
+                          pixel_spacing_mm=pixel_spacing, model=model, label_names=label_names)
     _net, _space, info = api._load_model(None if model is None else str(model))
     files = write_registration(out, result, {"file": str(model or "shipped default"),
                                              "command": info.get("command")})

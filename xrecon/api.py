@@ -148,20 +148,22 @@ class Registration:
         return self.ct_to_cam_refined if self.ct_to_cam_refined is not None else self.ct_to_cam
 
 
-def ct_bone(ct, labels=None, structures=None, *, threshold_hu: float | None = None):
+def ct_bone(ct, labels=None, structures=None, *, threshold_hu: float | None = None, label_names=None):
     """The CT's bone surface as a :class:`~xrecon.anatomy.bone.BoneModel` in the CT's frame.
 
     With ``labels`` (a label map path or Volume on the CT grid): the union of
     ``structures`` (names / ids / groups; default every label); a structure the
     map lacks is an :class:`InputError`. Without: a HU threshold
-    (``threshold_hu``, default the anatomy module's).
+    (``threshold_hu``, default the anatomy module's). ``label_names`` names the
+    label ids of a label-map file (``"totalsegmentator"``, a JSON / CSV path or a
+    dict; see :func:`xrecon.anatomy.ct_io.read_labels`).
     """
     from xrecon.anatomy import bone as bone_mod
     from xrecon.anatomy.ct_io import read_labels
     from xrecon.anatomy.volume import Volume
 
     if labels is not None and not isinstance(labels, Volume):
-        labels = read_labels(labels, like=ct)
+        labels = read_labels(labels, like=ct, names=label_names)
     if labels is not None:
         return bone_mod.bone_from_labels(labels, structures)
     if structures is not None:
@@ -173,7 +175,7 @@ def ct_bone(ct, labels=None, structures=None, *, threshold_hu: float | None = No
 def register(image, camera, ct, labels=None, structures=None, refine: bool = False, *,
              sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
              model: str | Path | None = None, config=None, threshold_hu: float | None = None,
-             refine_config=None) -> Registration:
+             refine_config=None, label_names=None) -> Registration:
     """Register a CT to one X-ray through the patient-wide reconstruction.
 
     Args:
@@ -184,6 +186,7 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
         model: reconstruction model file (default: the shipped weights).
         config: :class:`xrecon.methods.recon.pipeline.ReconConfig`.
         threshold_hu: bone threshold when no label map is given.
+        label_names: names of the label map's ids (see :func:`ct_bone`).
         refine_config: :class:`xrecon.solve.refine.RefineConfig` of the intensity refinement.
     """
     from xrecon.anatomy.ct_io import read_ct
@@ -193,7 +196,7 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
     cfg = config or ReconConfig()
     img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
-    bone = ct_bone(ct_vol, labels, structures, threshold_hu=threshold_hu)
+    bone = ct_bone(ct_vol, labels, structures, threshold_hu=threshold_hu, label_names=label_names)
     net, space, _info = _load_model(None if model is None else str(model))
     rec = reconstruct_image(net, space, img, cam, cfg)
     pts, nrm = bone.sample_points(30000, seed=cfg.seed)

@@ -260,6 +260,9 @@ def _icp(src_pcd, dst_pcd, init: np.ndarray, voxel: float, iterations: int, cfg:
                                             reg.TransformationEstimationPointToPoint(True), crit).transformation)
     # point-to-plane is rigid: run it on the source scaled by the current scale
     s = float(np.cbrt(np.linalg.det(T[:3, :3])))
+    if not np.isfinite(T).all() or not s > 1e-6:  # the scaled step collapsed (no overlap): keep the start
+        T = init
+        s = float(np.cbrt(np.linalg.det(T[:3, :3])))
     S = np.diag([s, s, s, 1.0])
     rigid = T @ np.linalg.inv(S)
     scaled = o3d.geometry.PointCloud(src_pcd).transform(S) if abs(s - 1) > 1e-12 else src_pcd
