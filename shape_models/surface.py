@@ -6,17 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def raycasting_scene(vertices: np.ndarray, faces: np.ndarray):
-    """open3d ``RaycastingScene`` of one triangle mesh ``(V, 3)``, ``(F, 3)`` (float32 inside)."""
-    import open3d as o3d
-
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(np.ascontiguousarray(vertices, dtype=np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.int32))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(mesh)
-    return scene
+from xrecon.geometry.mesh import raycasting_scene  # re-exported: shape_models.surface.raycasting_scene
 
 
 def closest_surface_points(vertices: np.ndarray, faces: np.ndarray, query: np.ndarray):

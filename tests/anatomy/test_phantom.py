@@ -91,13 +91,14 @@ def test_degenerate_inputs_raise(sphere):
 
 
 def test_band_distance_covers_every_voxel_near_the_surface(sphere):
-    from xrecon.anatomy.phantom import _band_signed_distance, _scene
+    from xrecon.anatomy.phantom import _band_signed_distance
+    from xrecon.geometry.mesh import raycasting_scene
 
     h = 1.5
     A = np.diag([h, h, h, 1.0])
     A[:3, 3] = CENTRE - 30.0 + [0.3, 0.1, 0.7]
     shape = (41, 41, 41)
-    scene = _scene(sphere)
+    scene = raycasting_scene(sphere.vertices, sphere.faces)
     inside = inside_mask(scene, A, shape)
     d = _band_signed_distance(scene, inside, A, inner_mm=2.0 + 0.5 * h, outer_mm=0.5 * h)
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)

@@ -32,6 +32,7 @@ import numpy as np
 from xrecon.anatomy.bone import BoneModel
 from xrecon.anatomy.volume import Volume
 from xrecon.errors import InputError
+from xrecon.geometry.mesh import raycasting_scene
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def ct_from_mesh(
     voxel_to_world[:3, 3] = lo
 
     _warn_if_open(bone)
-    scene = _scene(bone)
+    scene = raycasting_scene(bone.vertices, bone.faces)
     inside = inside_mask(scene, voxel_to_world, shape)
     if not inside.any():
         raise InputError("mesh encloses no voxel centre (open mesh, or smaller than one voxel?)", bone.source)
@@ -194,17 +195,6 @@ def _warn_if_open(bone: BoneModel) -> None:
 
     if not trimesh.Trimesh(bone.vertices, bone.faces, process=False).is_watertight:
         log.warning("%s: mesh is not watertight; inside/outside may be wrong near its holes", bone.source)
-
-
-def _scene(bone: BoneModel):
-    import open3d as o3d
-
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(
-        o3d.core.Tensor(np.ascontiguousarray(bone.vertices, dtype=np.float32)),
-        o3d.core.Tensor(np.ascontiguousarray(bone.faces, dtype=np.uint32)),
-    )
-    return scene
 
 
 def _band_signed_distance(scene, inside: np.ndarray, voxel_to_world: np.ndarray, inner_mm: float, outer_mm: float) -> np.ndarray:

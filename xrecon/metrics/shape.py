@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xrecon.geometry.mesh import raycasting_scene
+
 
 @dataclass(frozen=True)
 class SurfaceDistance:
@@ -27,17 +29,6 @@ class SurfaceDistance:
     hd95: float
     hausdorff: float
     chamfer: float
-
-
-def _scene(vertices: np.ndarray, faces: np.ndarray):
-    import open3d as o3d
-
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(np.asarray(vertices, dtype=np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(np.asarray(faces, dtype=np.int32))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(mesh)
-    return scene
 
 
 def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -58,7 +49,7 @@ def point_to_surface(points: np.ndarray, vertices: np.ndarray, faces: np.ndarray
     """Unsigned distance ``(N,)`` of ``points: (N, 3)`` to the mesh surface."""
     import open3d as o3d
 
-    scene = _scene(vertices, faces)
+    scene = raycasting_scene(vertices, faces)
     q = o3d.core.Tensor(np.asarray(points, dtype=np.float32))
     return scene.compute_distance(q).numpy().astype(np.float64)
 

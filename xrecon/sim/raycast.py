@@ -20,6 +20,7 @@ import torch
 from xrecon.anatomy.bone import BoneModel
 from xrecon.errors import InputError, check_shape
 from xrecon.geometry import Camera
+from xrecon.geometry.mesh import raycasting_scene
 
 
 @dataclass
@@ -71,11 +72,7 @@ class BoneRaycaster:
 
         self.bone = bone
         self.nthreads = int(nthreads)
-        self._scene = o3d.t.geometry.RaycastingScene()
-        self._scene.add_triangles(
-            o3d.core.Tensor(np.ascontiguousarray(bone.vertices, dtype=np.float32)),
-            o3d.core.Tensor(np.ascontiguousarray(bone.faces, dtype=np.uint32)),
-        )
+        self._scene = raycasting_scene(bone.vertices, bone.faces)
         self._o3d = o3d
         lo, hi = bone.vertices.min(0), bone.vertices.max(0)
         self._centre = (lo + hi) / 2

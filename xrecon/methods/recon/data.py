@@ -165,7 +165,8 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
     from tqdm import tqdm
 
     from shape_models.bundled import load_model
-    from xrecon.methods.recon.shape import ShapeSpace, _scene
+    from xrecon.geometry.mesh import raycasting_scene
+    from xrecon.methods.recon.shape import ShapeSpace
     from xrecon.methods.recon.targets import view_targets
     from xrecon.sim.drr import DrrRenderer
 
@@ -208,7 +209,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
                                    max_batch=4)
             with torch.no_grad():
                 images = renderer(torch.as_tensor(w2c, dtype=torch.float32)).numpy()
-            scene = _scene(verts_world, space.faces)
+            scene = raycasting_scene(verts_world, space.faces)
             for v in range(cfg.views_per_shape):
                 tg = view_targets(space, verts_world, cams[v], scene=scene)
                 d_img[row] = images[v]

@@ -19,9 +19,9 @@ def silhouette(vertices_world: np.ndarray, faces: np.ndarray, camera: Camera) ->
     ``(vertices_world (V, 3), faces (F, 3))`` (mesh in the camera's world frame)."""
     import open3d as o3d
 
-    from xrecon.methods.recon.shape import _scene
+    from xrecon.geometry.mesh import raycasting_scene
 
-    scene = _scene(vertices_world, faces)
+    scene = raycasting_scene(vertices_world, faces)
     origin, dirs = camera[0].rays_world(camera[0].pixel_grid())
     rays = np.concatenate([origin[0].numpy(), dirs[0].numpy()], axis=1).astype(np.float32)
     hit = np.isfinite(scene.cast_rays(o3d.core.Tensor(rays))["t_hit"].numpy())

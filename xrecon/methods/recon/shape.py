@@ -21,6 +21,7 @@ from functools import cached_property
 import numpy as np
 
 from xrecon.errors import InputError, ShapeError
+from xrecon.geometry.mesh import raycasting_scene
 
 #: articulated-ssm pelvis frame (+x anterior, +y superior, +z right) -> RAS+
 #: (+x right, +y anterior, +z superior): a proper rotation (det +1).
@@ -40,17 +41,6 @@ class SurfaceLocation:
     triangle: np.ndarray
     barycentric: np.ndarray
     distance_mm: np.ndarray
-
-
-def _scene(vertices: np.ndarray, faces: np.ndarray):
-    import open3d as o3d
-
-    mesh = o3d.t.geometry.TriangleMesh()
-    mesh.vertex.positions = o3d.core.Tensor(np.ascontiguousarray(vertices, dtype=np.float32))
-    mesh.triangle.indices = o3d.core.Tensor(np.ascontiguousarray(faces, dtype=np.int32))
-    scene = o3d.t.geometry.RaycastingScene()
-    scene.add_triangles(mesh)
-    return scene
 
 
 def barycentric_from_uv(primitive_uvs: np.ndarray) -> np.ndarray:
@@ -144,7 +134,7 @@ class ShapeSpace:
 
     @cached_property
     def _mean_scene(self):
-        return _scene(self.mean_vertices, self.faces)
+        return raycasting_scene(self.mean_vertices, self.faces)
 
     def locate_on_mean(self, points_canonical: np.ndarray) -> SurfaceLocation:
         """Closest points on the mean mesh to ``points_canonical: (N, 3)`` (model frame, mm)."""

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from xrecon.geometry import Camera
-from xrecon.methods.recon.shape import ShapeSpace, SurfaceLocation, _scene, barycentric_from_uv
+from xrecon.geometry.mesh import raycasting_scene
+from xrecon.methods.recon.shape import ShapeSpace, SurfaceLocation, barycentric_from_uv
 
 
 @dataclass
@@ -55,7 +56,7 @@ def view_targets(space: ShapeSpace, vertices_world: np.ndarray, camera: Camera, 
     ``scene`` may pass a prebuilt open3d scene of the same mesh (many views of one shape).
     """
     h, w = camera.height, camera.width
-    scene = scene if scene is not None else _scene(vertices_world, space.faces)
+    scene = scene if scene is not None else raycasting_scene(vertices_world, space.faces)
     uv = camera[0].pixel_grid()
     origin, dirs = camera[0].rays_world(uv)
     origin, dirs = origin[0].numpy(), dirs[0].numpy()
