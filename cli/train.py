@@ -20,6 +20,9 @@ def recon(
     data: Optional[Path] = typer.Option(None, "--data", help="Folder holding train.h5 / val.h5 (default OUT/data); "
                                                               "generated when missing."),
     train_shapes: Optional[int] = typer.Option(None, help="Train-split subjects simulated (default: all)."),
+    first_shape: int = typer.Option(0, help="First train-split subject simulated (to add a part of the split)."),
+    train_file: str = typer.Option("train.h5", help="Name of the training file to simulate when missing; "
+                                                    "training reads every train*.h5 of the data folder."),
     random_shapes: int = typer.Option(0, help="Extra random draws from the shape model."),
     views: int = typer.Option(24, help="Simulated views per training shape."),
     val_shapes: Optional[int] = typer.Option(None, help="Validation-split subjects (default: all)."),
@@ -39,12 +42,16 @@ def recon(
     seed: int = typer.Option(0, help="Seed of the simulation, the weights and the sampling."),
     simulate_only: bool = typer.Option(False, "--simulate-only", help="Simulate the data, then stop."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoints/last.pt when it exists."),
+    init: Optional[Path] = typer.Option(None, help="Start from the weights of this model file (recon_model.pt) "
+                                                   "with a fresh optimiser and schedule (ignored on resume)."),
 ) -> None:
     """Train the patient-wide reconstruction network on simulated X-rays of shape-model instances.
 
     Simulates OUT/data/{train,val}.h5 when missing (train split of the bundled
     pelvis model, `--protocol` poses; validation split, seed-002 poses), then
-    trains and writes OUT/recon_model.pt. On GPUs, simulate first (one
+    trains and writes OUT/recon_model.pt. More training data: simulate another
+    part with `--simulate-only --train-file train_b.h5 --first-shape 80 --seed 1`
+    (or `--random-shapes N`); every train*.h5 of the data folder is used. On GPUs, simulate first (one
     process), then `torchrun --nproc_per_node=N -m xrecon.cli.main train recon ...`.
     """
     import logging
@@ -62,9 +69,12 @@ def recon(
     if threads:
         torch.set_num_threads(threads)
     data_dir = data or out / "data"
-    paths = {"train": data_dir / "train.h5", "val": data_dir / "val.h5"}
+    if not train_file.startswith("train") or not train_file.endswith(".h5") or "/" in train_file:
+        raise InputError(f"--train-file must be a file name train*.h5, got {train_file!r}")
+    paths = {"train": data_dir / train_file, "val": data_dir / "val.h5"}
     specs = {
-        "train": ReconDataConfig(split="train", n_shapes=train_shapes, n_random_shapes=random_shapes,
+        "train": ReconDataConfig(split="train", n_shapes=train_shapes, first_shape=first_shape,
+                                 n_random_shapes=random_shapes,
                                  views_per_shape=views, protocol=protocol, image_size=image_size, seed=seed),
         "val": ReconDataConfig(split="val", n_shapes=val_shapes, views_per_shape=val_views, protocol="seed002",
                                image_size=image_size, seed=seed + 1),
@@ -88,7 +98,8 @@ def recon(
     cfg = TrainConfig(out_dir=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       num_workers=workers, num_threads=threads, device=device, time_limit_min=time_limit_min,
                       resume=resume, monitor="loss", warmup_steps=100)
-    path = train_recon(paths["train"], paths["val"], cfg, base_channels=base_channels, levels=levels,
+    train_paths = sorted(data_dir.glob("train*.h5"))
+    path = train_recon(train_paths, paths["val"], cfg, init=init, base_channels=base_channels, levels=levels,
                        augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]))
     typer.echo(f"model: {path}")
     typer.echo(f"curves: {out / 'curves.png'}; history: {out / 'history.json'}")

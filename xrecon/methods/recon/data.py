@@ -80,7 +80,11 @@ class ReconDataConfig:
 
     Attributes:
         split: subject split of the bundled shape model (``train``, ``val``, ``test``).
-        n_shapes: subjects used (first ``n_shapes`` of the split; ``None`` = all).
+        n_shapes: subjects used (``n_shapes`` of the split from ``first_shape``;
+            ``None`` = all the rest).
+        first_shape: index of the first subject of the split used (to simulate a
+            split in parts: part 1 ``first_shape=0, n_shapes=80``, part 2
+            ``first_shape=80``; give each part its own ``seed``).
         n_random_shapes: extra instances drawn from the model (``N(0, I)`` SD,
             clipped to ``random_max_sd``); only for training data.
         views_per_shape: simulated views of each shape.
@@ -96,6 +100,7 @@ class ReconDataConfig:
 
     split: str = "train"
     n_shapes: int | None = None
+    first_shape: int = 0
     n_random_shapes: int = 0
     random_max_sd: float = 2.5
     views_per_shape: int = 16
@@ -110,6 +115,8 @@ class ReconDataConfig:
     def __post_init__(self):
         if self.split not in ("train", "val", "test"):
             raise InputError(f"split must be train, val or test, got {self.split!r}")
+        if self.first_shape < 0:
+            raise InputError(f"first_shape must be >= 0, got {self.first_shape}")
         if self.protocol not in ("seed002", "wide", "mixed"):
             raise InputError(f"protocol must be 'seed002', 'wide' or 'mixed', got {self.protocol!r}")
 
@@ -127,7 +134,7 @@ class ReconDataConfig:
 def split_shapes(space_model, cfg: ReconDataConfig) -> tuple[np.ndarray, np.ndarray]:
     """Shape coefficients ``(S, K)`` and subject ids ``(S,)`` (-1: random draw) of a config."""
     scores = np.asarray(space_model.extra_arrays_["subject_scores"], np.float64)
-    ids = list(space_model.metadata_["split"][cfg.split])
+    ids = list(space_model.metadata_["split"][cfg.split])[cfg.first_shape:]
     if cfg.n_shapes is not None:
         ids = ids[: cfg.n_shapes]
     b = scores[ids]

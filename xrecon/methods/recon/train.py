@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
+from torch.utils.data import ConcatDataset
 
 from xrecon.errors import InputError
 from xrecon.methods.recon.data import ReconH5Dataset
 from xrecon.methods.recon.loss import ReconLoss, ReconLossWeights
-from xrecon.methods.recon.model_io import save_recon_model
+from xrecon.methods.recon.model_io import load_recon_model, save_recon_model
 from xrecon.methods.recon.network import ReconNet, ReconNetConfig
 from xrecon.methods.recon.shape import ShapeSpace
 from xrecon.train import TrainConfig, load_weights, train
@@ -38,44 +40,68 @@ def _dataset_facts(path: Path) -> dict:
         raise InputError(f"not a reconstruction dataset ({exc})", path) from exc
 
 
-def train_recon(train_h5: str | Path, val_h5: str | Path, config: TrainConfig, *, base_channels: int = 16,
-                levels: int = 4, n_loss_vertices: int = 500, augment=None, model_out: str | Path | None = None,
-                command: str | None = None) -> Path:
+def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path, config: TrainConfig, *,
+                base_channels: int = 16, levels: int = 4, n_loss_vertices: int = 500, augment=None,
+                model_out: str | Path | None = None, command: str | None = None,
+                init: str | Path | None = None) -> Path:
     """Train on ``train_h5`` (validate on ``val_h5``) and write the model file.
 
     Args:
-        train_h5, val_h5: files of :func:`~xrecon.methods.recon.data.generate_dataset`.
+        train_h5: one file of :func:`~xrecon.methods.recon.data.generate_dataset`,
+            or several (parts of the training data, concatenated).
+        val_h5: the validation file.
         config: loop settings (:class:`~xrecon.train.TrainConfig`); outputs go to ``config.out_dir``.
         base_channels, levels: U-Net size.
         n_loss_vertices: vertices on which the shape loss measures mm error.
         augment: load-time augmentation ``f(image (1, H, W)) -> image`` (training set only).
         model_out: model file to write (default ``<out_dir>/recon_model.pt``).
         command: the command line to record (default ``sys.argv``).
+        init: a model file (:func:`save_recon_model`) whose weights start the
+            run (fine-tuning with a fresh optimiser and schedule); ignored when
+            the run resumes from its own ``last.pt``. Its network settings win
+            over ``base_channels`` / ``levels``.
 
     Returns the model file path (written by rank 0; other ranks return the same path).
     """
     from shape_models.bundled import load_model
 
-    train_h5, val_h5 = Path(train_h5), Path(val_h5)
-    facts = {"train": _dataset_facts(train_h5), "val": _dataset_facts(val_h5)}
+    train_files = [Path(train_h5)] if isinstance(train_h5, (str, Path)) else [Path(p) for p in train_h5]
+    if not train_files:
+        raise InputError("no training data (train*.h5) given")
+    val_h5 = Path(val_h5)
+    facts = {"train": _dataset_facts(train_files[0]), "val": _dataset_facts(val_h5)}
+    if len(train_files) > 1:
+        facts["train_parts"] = [_dataset_facts(p) for p in train_files]
+    parts = facts.get("train_parts", [facts["train"]])
     shape_name = facts["train"]["config"]["shape_model"]
     space = ShapeSpace.from_shape_model(load_model(shape_name))
-    for split, f in facts.items():
+    for f in parts + [facts["val"]]:
         if f["shape_model_fingerprint"] not in (None, space.fingerprint):
-            raise InputError(f"the {split} data were simulated with another version of the shape model "
+            raise InputError(f"the data were simulated with another version of the shape model "
                              f"{shape_name!r}; simulate them again", f["path"])
+        if f["config"]["shape_model"] != shape_name or f["config"]["image_size"] != facts["train"]["config"]["image_size"]:
+            raise InputError(f"this part has another shape model or image size than {train_files[0]}", f["path"])
     size = int(facts["train"]["config"]["image_size"])
     net_cfg = ReconNetConfig(n_modes=space.n_modes, base_channels=base_channels, levels=levels, image_size=size,
                              coord_centre_mm=tuple(float(c) for c in space.centre_mm), coord_scale_mm=100.0)
+    start = None
+    if init is not None and not (config.resume and (Path(config.out_dir) / "checkpoints" / "last.pt").exists()):
+        start, _space, _info = load_recon_model(init)
+        if _space.fingerprint != space.fingerprint or start.config.image_size != size:
+            raise InputError("the initial model was trained for another shape model or image size", init)
+        net_cfg = start.config
     torch.manual_seed(config.seed)
     net = ReconNet(net_cfg)
+    if start is not None:
+        net.load_state_dict(start.state_dict())
     vids = space.vertex_subset(n_loss_vertices, seed=0)
     loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net_cfg.coord_scale_mm,
                      ReconLossWeights())
-    train_set = ReconH5Dataset(train_h5, augment=augment)
+    train_set = ConcatDataset([ReconH5Dataset(p, augment=augment) for p in train_files])
     val_set = ReconH5Dataset(val_h5)
     command = command or " ".join(sys.argv)
     run_info = {"method": "recon", "command": command, "net_config": net_cfg.to_dict(), "data": facts,
+                "init": None if start is None else str(init),
                 "loss_weights": ReconLossWeights().__dict__, "augment": getattr(augment, "__name__", str(augment))}
     result = train(net, loss, train_set, val_set, config, loss.metrics, run_info=run_info)
     out = Path(model_out) if model_out else Path(config.out_dir) / "recon_model.pt"
