@@ -87,7 +87,8 @@ def main(argv=None) -> int:
     from xrecon.errors import InputError
     from xrecon.api import refine_pose
     from xrecon.geometry import Camera
-    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of
+    from shape_models.bundled import load_model
+    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of, split_shapes
     from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
     from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points
     from xrecon.metrics.registration import mtre_mm
@@ -149,12 +150,15 @@ def main(argv=None) -> int:
     # ---- registration through the reconstruction
     rng = np.random.default_rng(7)
     ct_cache: dict[int, tuple] = {}
+    split_position = {int(sj): k for k, sj in enumerate(split_shapes(load_model(data_cfg.shape_model), data_cfg)[1])}
 
     def ct_of(i):
         s = int(subject[i])
         if s not in ct_cache:
+            # the patient's CT: the phantom the X-ray was simulated from (same body,
+            # tissue values and soft tissue), sampled at 2 mm instead of 2.5 mm
             ct, labels = phantom_of(space, space.instance(shape_sd[i]), ReconDataConfig(phantom_spacing_mm=2.0),
-                                    seed=1000 + s)
+                                    seed=data_cfg.seed * 100003 + split_position[s])
             bone = bone_from_labels(labels, cache=False)
             ct_cache[s] = (ct, labels, bone)
         return ct_cache[s]

@@ -25,6 +25,8 @@ def recon(
                                                     "training reads every train*.h5 of the data folder."),
     random_shapes: int = typer.Option(0, help="Extra random draws from the shape model."),
     views: int = typer.Option(24, help="Simulated views per training shape."),
+    no_bone: bool = typer.Option(False, "--no-bone", help="Simulate negatives (the bodies without their bone) "
+                                                          "into --train-file."),
     val_shapes: Optional[int] = typer.Option(None, help="Validation-split subjects (default: all)."),
     val_views: int = typer.Option(4, help="Views per validation shape (seed-002 protocol)."),
     protocol: str = typer.Option("mixed", help="Training pose protocol: mixed | wide | seed002."),
@@ -74,7 +76,7 @@ def recon(
     paths = {"train": data_dir / train_file, "val": data_dir / "val.h5"}
     specs = {
         "train": ReconDataConfig(split="train", n_shapes=train_shapes, first_shape=first_shape,
-                                 n_random_shapes=random_shapes,
+                                 n_random_shapes=random_shapes, with_bone=not no_bone,
                                  views_per_shape=views, protocol=protocol, image_size=image_size, seed=seed),
         "val": ReconDataConfig(split="val", n_shapes=val_shapes, views_per_shape=val_views, protocol="seed002",
                                image_size=image_size, seed=seed + 1),

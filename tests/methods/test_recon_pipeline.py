@@ -98,7 +98,8 @@ def test_ct_registration_is_the_same_in_any_ct_frame(scene):
         assert err < 1.5, err
         # the same CT points in the camera, whatever frame the CT came in
         results.append(ct_pts[:500] @ reg.ct_to_cam[:3, :3].T + reg.ct_to_cam[:3, 3])
-    assert np.linalg.norm(results[0] - results[1], axis=1).mean() < 0.5
+    # (exactly: the CT is moved to its own principal-axis frame first)
+    assert np.linalg.norm(results[0] - results[1], axis=1).max() < 0.01
 
 
 def test_net_to_image_uv_inverts_camera_resizing(scene):

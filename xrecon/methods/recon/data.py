@@ -96,6 +96,9 @@ class ReconDataConfig:
         n_samples: samples per ray of the renderer.
         shape_model: bundled shape model name.
         seed: seeds poses, random shapes and phantoms.
+        with_bone: ``False`` simulates *negatives*: the same bodies with the bone
+            replaced by soft tissue, an empty bone mask and ``has_bone = 0``,
+            so the network learns to find no bone where there is none.
     """
 
     split: str = "train"
@@ -111,6 +114,7 @@ class ReconDataConfig:
     n_samples: int = 128
     shape_model: str = "pelvis"
     seed: int = 0
+    with_bone: bool = True
 
     def __post_init__(self):
         if self.split not in ("train", "val", "test"):
@@ -158,12 +162,16 @@ def model_to_world(space) -> np.ndarray:
 def phantom_of(space, vertices_model: np.ndarray, cfg: ReconDataConfig, seed: int):
     """CT-like volume and label map of an instance, in the patient frame."""
     from xrecon.anatomy.bone import BoneModel
-    from xrecon.anatomy.phantom import ct_from_mesh
+    from xrecon.anatomy.phantom import PhantomConfig, ct_from_mesh
 
     T = model_to_world(space)
     bone = BoneModel(vertices_model @ T[:3, :3].T + T[:3, 3], space.faces, frame="patient (RAS+ mm)",
                      source=f"{space.name} instance")
-    return ct_from_mesh(bone, spacing_mm=cfg.phantom_spacing_mm, seed=seed)
+    tissue = None
+    if not cfg.with_bone:  # bone voxels get soft-tissue values: the body without its bone
+        soft = PhantomConfig().soft_tissue_hu
+        tissue = PhantomConfig(cortical_hu=soft, trabecular_hu=soft, trabecular_texture_hu=(5.0, 15.0))
+    return ct_from_mesh(bone, spacing_mm=cfg.phantom_spacing_mm, seed=seed, config=tissue)
 
 
 def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool = True) -> Path:
@@ -198,6 +206,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
         d_m2c = h5.create_dataset("model_to_cam", (n_img, 4, 4), "f8")
         d_K = h5.create_dataset("K", (n_img, 3, 3), "f8")
         d_subj = h5.create_dataset("subject", (n_img,), "i4")
+        d_has = h5.create_dataset("has_bone", (n_img,), "u1")
         h5.attrs["config"] = json.dumps(dataclasses.asdict(cfg))
         h5.attrs["shape_model"] = cfg.shape_model
         h5.attrs["shape_model_fingerprint"] = space.fingerprint
@@ -220,8 +229,9 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
             for v in range(cfg.views_per_shape):
                 tg = view_targets(space, verts_world, cams[v], scene=scene)
                 d_img[row] = images[v]
-                d_mask[row] = tg.mask
-                d_can[row] = tg.canonical.astype(np.float16)
+                d_mask[row] = tg.mask if cfg.with_bone else 0
+                d_can[row] = tg.canonical.astype(np.float16) if cfg.with_bone else 0
+                d_has[row] = cfg.with_bone
                 d_b[row] = coeffs[s]
                 d_w2c[row] = w2c[v]
                 d_m2c[row] = w2c[v] @ m2w
@@ -238,7 +248,8 @@ class ReconH5Dataset(Dataset):
 
     Items are dicts: ``image (1, H, W)`` float32 (augmented when ``augment`` is
     given), ``mask (H, W)`` float32, ``canonical (2, 3, H, W)`` float32 mm,
-    ``shape_sd (K,)`` float32, ``index`` int.
+    ``shape_sd (K,)`` float32, ``has_bone`` float32 (0 for negatives; files
+    without the field hold bone only), ``index`` int.
 
     Args:
         path: HDF5 file.
@@ -259,6 +270,8 @@ class ReconH5Dataset(Dataset):
                 self.mask = torch.from_numpy(h5["mask"][:][rows])
                 self.canonical = torch.from_numpy(h5["canonical"][:][rows])
                 self.shape_sd = torch.from_numpy(h5["shape_sd"][:][rows])
+                has = h5["has_bone"][:][rows] if "has_bone" in h5 else np.ones(len(rows), np.uint8)
+                self.has_bone = torch.from_numpy(has.astype(np.float32))
                 self.config = json.loads(h5.attrs["config"])
         except (OSError, KeyError) as exc:
             raise InputError(f"not a reconstruction dataset ({exc})", path) from exc
@@ -272,7 +285,7 @@ class ReconH5Dataset(Dataset):
         if self.augment is not None:
             img = self.augment(img)
         return {"image": img, "mask": self.mask[i].float(), "canonical": self.canonical[i].float(),
-                "shape_sd": self.shape_sd[i].float(), "index": i}
+                "shape_sd": self.shape_sd[i].float(), "has_bone": self.has_bone[i], "index": i}
 
 
 class XrayAugment:

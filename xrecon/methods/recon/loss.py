@@ -13,10 +13,11 @@ Terms (each a mean over the batch; coordinates in the network's normalised units
   predicted coefficients on a fixed vertex subset, which weights each mode by
   how far it moves the surface (mode 1, size, dominates), plus a small
   squared error on the coefficients themselves (SD units) so the weak modes
-  are learnt too.
+  are learnt too. Negatives (``has_bone = 0``: no bone in the image) train
+  the mask only.
 
 A batch is a dict: ``image (B, 1, H, W)``, ``mask (B, H, W)``, ``canonical
-(B, 2, 3, H, W)`` (mm, model frame), ``shape_sd (B, K)``.
+(B, 2, 3, H, W)`` (mm, model frame), ``shape_sd (B, K)``, optionally ``has_bone (B,)``.
 """
 from __future__ import annotations
 
@@ -73,8 +74,10 @@ class ReconLoss(nn.Module):
             pred_mask = out.mask_logit > 0
             inter = (pred_mask & (mask > 0.5)).sum(dim=(1, 2)).float()
             union = (pred_mask | (mask > 0.5)).sum(dim=(1, 2)).float().clamp_min(1.0)
-        return {"coord": coord, "sigma": sigma, "mask": mask_bce, "shape": vert / self.scale_mm,
-                "shape_sd": (d_sd**2).mean(dim=1),
+        has = batch.get("has_bone")
+        has = torch.ones_like(vert) if has is None else has.float().to(vert)
+        return {"coord": coord, "sigma": sigma, "mask": mask_bce, "shape": has * vert / self.scale_mm,
+                "shape_sd": has * (d_sd**2).mean(dim=1),
                 # reported in mm / SD, for people
                 "coord_mm": coord.detach() * self.scale_mm, "shape_mm": vert.detach(),
                 "size_sd_abs": d_sd[:, 0].detach().abs(), "mask_iou": (inter / union)}

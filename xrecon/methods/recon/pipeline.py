@@ -266,6 +266,29 @@ def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
     return rec
 
 
+#: plausible reconstruction / CT size ratios for the same bone (the predicted
+#: size's error on held-out shapes is a few per cent; see docs/reconstruction.md)
+SCALE_BOUNDS = (0.8, 1.25)
+
+
+def _canonical_frame(points: np.ndarray) -> np.ndarray:
+    """``(4, 4)`` rigid map of ``points: (P, 3)`` to their principal-axis frame
+    (centroid at the origin, axes by decreasing spread, each axis pointing to
+    the side of positive third moment, right-handed): the same result whatever
+    rigid frame the points are given in."""
+    c = points.mean(0)
+    x = points - c
+    _, vecs = np.linalg.eigh(x.T @ x)
+    R = vecs[:, ::-1].T
+    skew = ((x @ R.T) ** 3).mean(0)
+    R[:2] *= np.where(skew[:2] < 0, -1.0, 1.0)[:, None]
+    if np.linalg.det(R) < 0:
+        R[2] *= -1.0
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, -R @ c
+    return T
+
+
 @dataclass
 class CTRegistration:
     """A CT posed in the X-ray's camera through the reconstruction.
@@ -325,34 +348,49 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
         pick = rng.choice(len(ct), max_ct_points, replace=False)
         ct = ct[pick]
         ct_normals = None if ct_normals is None else np.asarray(ct_normals)[pick]
+    # work in the surface's own principal-axis frame: every later step (voxel
+    # grids, subsampling) then sees the same numbers whatever frame the CT came in
+    ct_to_canon = _canonical_frame(ct)
+    canon = ct @ ct_to_canon[:3, :3].T + ct_to_canon[:3, 3]
+    canon_normals = None if ct_normals is None else np.asarray(ct_normals, np.float64) @ ct_to_canon[:3, :3].T
+    # the reconstruction and the CT are the same bone: sizes agree within the
+    # single-view size uncertainty (an unbounded scale collapses onto a part)
+    align_cfg = AlignConfig(with_scale=True, init_scale=1.0, scale_bounds=SCALE_BOUNDS, global_init=("pca",),
+                            max_points=5000, seed=config.seed)
     # global alignment of the CT surface to the *whole* reconstructed shape (more of
     # the surface than the visible predictions) seeds the joint solver
     # (complete surfaces on both sides: the 24 principal-axis candidates + ICP suffice)
-    align = align_surfaces(ct, rec.vertices_model, config=AlignConfig(with_scale=True, global_init=("pca",),
-                                                                      max_points=5000, seed=config.seed))
+    align = align_surfaces(canon, rec.vertices_model, config=align_cfg)
     timings = {"align": time.perf_counter() - t0}
     px = rec.px_per_net_px  # the joint solver works in the input image's pixels
     jcfg = JointConfig(pnp=PnPConfig(reproj_threshold_px=config.reproj_threshold_net_px * px,
                                      max_points=config.pnp_max_points, seed=config.seed),
-                       align=AlignConfig(with_scale=True, global_init=("pca",), max_points=8000, seed=config.seed),
+                       align=dataclasses.replace(align_cfg, max_points=8000),
                        sigma_px=config.sigma_px_net * px,
                        sigma_mm=2.0, snap_distance_mm=8.0)
     inl = rec.inliers
     t1 = time.perf_counter()
     res = solve_joint(rec.corr_instance_mm[inl], rec.corr_uv[inl], rec.camera,
-                      weights=1.0 / np.maximum(rec.corr_sigma_mm[inl], 0.5), ct_points=ct, ct_normals=ct_normals,
-                      ct_to_model_init=align.src_to_dst if align.success else None, config=jcfg)
+                      weights=1.0 / np.maximum(rec.corr_sigma_mm[inl], 0.5), ct_points=canon,
+                      ct_normals=canon_normals, ct_to_model_init=align.src_to_dst if align.success else None,
+                      config=jcfg)
     timings["joint"] = time.perf_counter() - t1
     timings["total"] = time.perf_counter() - t0
     notes = list(rec.notes)
     if not res.success:
-        return CTRegistration(nan44, res.ct_to_model, res.scale, 0, float("nan"), float("nan"), False,
+        return CTRegistration(nan44, nan44, res.scale, 0, float("nan"), float("nan"), False,
                               res.reason, False, notes + [res.reason], timings)
+    if not (SCALE_BOUNDS[0] <= res.scale <= SCALE_BOUNDS[1]):
+        reason = (f"the reconstruction came out {res.scale:.2f} x the CT's size (expected "
+                  f"{SCALE_BOUNDS[0]}-{SCALE_BOUNDS[1]}): the alignment failed, or the CT holds another bone")
+        return CTRegistration(nan44, nan44, res.scale, 0, float("nan"), float("nan"), False, reason, False,
+                              notes + [reason], timings)
+    ct_to_cam, ct_to_model = res.ct_to_cam @ ct_to_canon, res.ct_to_model @ ct_to_canon
     n_used = int(res.inliers.sum())
     if n_used < config.min_inliers:
         notes.append(f"few CT correspondences ({n_used} < {config.min_inliers})")
-    if not (0.8 < res.scale < 1.25):
+    if not (0.87 < res.scale < 1.15):
         notes.append(f"the reconstruction is {res.scale:.2f} x the CT's size: is it the same bone?")
-    return CTRegistration(res.ct_to_cam, res.ct_to_model, float(res.scale), n_used, res.reprojection_error_px,
+    return CTRegistration(ct_to_cam, ct_to_model, float(res.scale), n_used, res.reprojection_error_px,
                           res.surface_residual_mm, True, "", rec.confident and not notes[len(rec.notes):], notes,
                           timings)
