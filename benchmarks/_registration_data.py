@@ -26,34 +26,13 @@ def chest_ct():
 
 
 def bone_mesh(labels, structures: str = "thoracic_skeleton", target_faces: int = 80000):
-    """A :class:`~xrecon.anatomy.bone.BoneModel` of ``structures`` (marching cubes on
-    the label mask at the CT's resolution, decimated to about ``target_faces``),
-    cached by :mod:`xrecon.anatomy.cache` on the label map's content."""
-    from xrecon.anatomy.bone import BoneModel
-    from xrecon.anatomy.cache import cached_arrays, hash_inputs
-    from xrecon.anatomy.labels import resolve_structures
+    """A :class:`~xrecon.anatomy.bone.BoneModel` of ``structures``: the product's
+    own :func:`xrecon.anatomy.bone.bone_from_labels` (smoothed marching cubes,
+    outward faces, decimated to at most ``target_faces``, cached on disk), so the
+    benchmarks measure the mesh users get."""
+    from xrecon.anatomy.bone import bone_from_labels
 
-    ids = resolve_structures(structures, labels.label_names, np.unique(labels.data), labels.source)
-
-    def compute():
-        import open3d as o3d
-        from skimage.measure import marching_cubes
-
-        mask = np.pad(np.isin(labels.data, list(ids)).astype(np.float32), 1)
-        verts, faces, _, _ = marching_cubes(mask, 0.5)
-        verts = labels.voxel_to_world_points(verts - 1.0)
-        if np.linalg.det(labels.voxel_to_world[:3, :3]) < 0:
-            faces = faces[:, ::-1]
-        m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(verts), o3d.utility.Vector3iVector(faces))
-        if len(faces) > target_faces:
-            m = m.simplify_quadric_decimation(target_faces)
-        m.remove_unreferenced_vertices()
-        return {"vertices": np.asarray(m.vertices), "faces": np.asarray(m.triangles)}
-
-    key = hash_inputs(labels.data, labels.voxel_to_world, sorted(ids), target_faces, "bench-marching-cubes-v1")
-    arrays = cached_arrays("bench_bone_mesh", key, compute)
-    return BoneModel(arrays["vertices"], arrays["faces"], frame="world (RAS+ mm)",
-                     source=f"{labels.source} [{structures}]")
+    return bone_from_labels(labels, structures, max_faces=target_faces)
 
 
 def vertebral_centroids(labels) -> tuple[np.ndarray, list[str]]:

@@ -4,6 +4,7 @@ import torch
 
 from xrecon.errors import InputError, ShapeError
 from xrecon.geometry import Camera, se3
+from xrecon.solve import pnp as pnp_module
 from xrecon.solve.pnp import PnPConfig, reprojection_errors_px, solve_pnp
 
 METHODS = ["poselib", "opencv"]
@@ -35,7 +36,7 @@ def test_recovers_planted_pose_from_a_camera_object(method):
 @pytest.mark.parametrize("method", METHODS)
 def test_thirty_percent_outliers_and_noise(method):
     cam, gt, x, uv, out = _scene(n=400, outlier_share=0.3, noise_px=0.5, seed=1)
-    res = solve_pnp(x, uv, cam.K[0], method=method, reproj_threshold_px=3.0)
+    res = solve_pnp(x, uv, cam.K[0], method=method, reproj_threshold_px=3.0, max_points=None)
     assert res.success
     rot, trans = se3.pose_errors(torch.as_tensor(res.world_to_cam), torch.as_tensor(gt))
     assert float(rot) < 0.5 and float(trans) < 10.0
@@ -127,3 +128,39 @@ def test_few_exact_landmarks_still_give_a_pose_with_the_polish():
     assert res.success and res.n_inliers == 5
     rot, trans = se3.pose_errors(torch.as_tensor(res.world_to_cam), torch.as_tensor(gt))
     assert float(rot) < 1e-3 and float(trans) < 0.1
+
+
+def test_float32_polish_matches_a_float64_robust_least_squares_reference():
+    # the fast path (float32 IRLS Gauss-Newton on (6, N) rows) against scipy's
+    # least_squares with the same Cauchy loss, in float64, on a noisy dense view
+    from scipy.optimize import least_squares
+    from scipy.spatial.transform import Rotation
+
+    cam, gt, x, uv, _ = _scene(n=4000, noise_px=0.7, seed=9)
+    x = x + 500.0  # far from the origin: the polish must centre before float32
+    gt = gt.astype(np.float64)
+    gt[:3, 3] -= gt[:3, :3] @ np.full(3, 500.0)
+    K = cam.K[0].numpy()
+    start = gt.copy()
+    start[:3, :3] = Rotation.from_rotvec([0.01, -0.02, 0.015]).as_matrix() @ gt[:3, :3]
+    start[:3, 3] += [2.0, -1.0, 8.0]
+    cfg = PnPConfig(reproj_threshold_px=10.0, final_refine_iterations=8)
+    T, err = pnp_module._polish(start, x, uv, K, cfg, np.random.default_rng(0))
+
+    s2 = (10.0 / 4) ** 2  # the polish's Cauchy scale, squared
+
+    def residuals(p):
+        # one residual per point whose square is the Cauchy cost s^2 log(1 + r^2 / s^2) of its
+        # 2D reprojection error r: the stationary point the reweighted Gauss-Newton converges to
+        R = Rotation.from_rotvec(p[:3]).as_matrix()
+        h = (x @ R.T + p[3:]) @ K.T
+        r2 = ((h[:, :2] / h[:, 2:3] - uv) ** 2).sum(1)
+        return np.sqrt(s2 * np.log1p(r2 / s2))
+
+    p0 = np.concatenate([Rotation.from_matrix(start[:3, :3]).as_rotvec(), start[:3, 3]])
+    ref = least_squares(residuals, p0, x_scale="jac", xtol=1e-12, ftol=1e-12, gtol=1e-12)
+    R_ref = Rotation.from_rotvec(ref.x[:3]).as_matrix()
+    assert np.abs(T[:3, :3] - R_ref).max() < 1e-6
+    assert np.abs(T[:3, 3] - ref.x[3:]).max() < 1e-3  # mm
+    assert np.allclose(err, reprojection_errors_px(T, x, uv, K), atol=0.05)  # errors before the last tiny step
+    assert float(se3.pose_errors(torch.as_tensor(T), torch.as_tensor(gt))[1]) < 1.0
