@@ -66,6 +66,10 @@ class RegistrationConfig:
     ridge: float = 1e-1
     n_target_samples: int = 20000
     project_final: bool = True
+    affine_iters: int = 0
+    regulariser: str = "ridge"
+    laplacian_weight: float = 1.0
+    laplacian_neighbours: int = 10
     seed: int = 0
 
 
@@ -151,7 +155,9 @@ def register_template(template_vertices, template_faces, target_vertices, target
     v = apply_transform(template_to_target, tv)
     scale = float(np.cbrt(np.linalg.det(template_to_target[:3, :3])))
 
-    # 2. non-rigid
+    # 2. affine (optional), then non-rigid
+    if config.affine_iters > 0:
+        v = affine_to_target(v, gv, gf, target_pts, config.affine_iters)
     v = deform_to_target(v, gv, gf, target_pts, config.sigmas_mm, config)
     d = surface_distance((v, tf), (gv, gf), n_samples=10000, seed=config.seed)
     success, reason = True, ""
@@ -173,29 +179,81 @@ def deform_to_target(vertices: np.ndarray, target_vertices: np.ndarray, target_f
     nodes = rest[rng.choice(len(rest), min(len(rest), config.n_control_points), replace=False)]
     d2 = ((rest[:, None, :] - nodes[None]) ** 2).sum(-1)  # (V, M)
     v = rest
+    lap = _affine_laplacian(nodes, config.laplacian_neighbours) if config.regulariser == "laplacian" else None
     for sigma in sigmas_mm:
         W = np.exp(-d2 / (2 * sigma**2))
         W /= np.maximum(W.sum(axis=1, keepdims=True), 1e-12)  # partition of unity
         u = np.zeros((len(nodes), 3))
         A = W.T @ W
-        lam = config.ridge * np.trace(A) / len(nodes)
+        if lap is None:
+            lam = config.ridge * np.trace(A) / len(nodes)
+            H = A + lam * np.eye(len(nodes))
+        else:
+            LtL = lap.T @ lap
+            H = A + config.laplacian_weight * np.trace(A) / np.trace(LtL) * LtL \
+                + 1e-6 * np.trace(A) / len(nodes) * np.eye(len(nodes))
         for _ in range(config.iters_per_level):
             cur = v + W @ u
-            fwd = _closest(target_vertices, target_faces, cur) - cur  # template -> target surface
-            _, j = cKDTree(cur).query(target_points)  # target samples -> nearest template vertex
-            bwd = np.zeros_like(cur)
-            cnt = np.zeros(len(cur))
-            np.add.at(bwd, j, target_points - cur[j])
-            np.add.at(cnt, j, 1.0)
-            has = cnt > 0
-            bwd[has] /= cnt[has, None]
-            disp = np.where(has[:, None], 0.5 * (fwd + bwd), fwd)
-            # node increments: min |W du - disp|^2 + lam |du|^2
-            u += np.linalg.solve(A + lam * np.eye(len(nodes)), W.T @ disp)
+            disp = _symmetric_residual(cur, target_vertices, target_faces, target_points)
+            if lap is None:
+                # node increments: min |W du - disp|^2 + lam |du|^2
+                u += np.linalg.solve(H, W.T @ disp)
+            else:
+                # total node displacement of this level: min |W u - (W u_old + disp)|^2 + mu |L u|^2
+                u = np.linalg.solve(H, W.T @ (W @ u + disp))
         v = v + W @ u
     if config.project_final:
         v = _closest(target_vertices, target_faces, v)
     return v
+
+
+def _symmetric_residual(cur, target_vertices, target_faces, target_points):
+    """Per-vertex displacement ``(V, 3)`` toward the target: the mean of the vertex -> closest
+    surface point vector and of the target samples whose nearest vertex it is."""
+    from scipy.spatial import cKDTree
+
+    fwd = _closest(target_vertices, target_faces, cur) - cur  # template -> target surface
+    _, j = cKDTree(cur).query(target_points)  # target samples -> nearest template vertex
+    bwd = np.zeros_like(cur)
+    cnt = np.zeros(len(cur))
+    np.add.at(bwd, j, target_points - cur[j])
+    np.add.at(cnt, j, 1.0)
+    has = cnt > 0
+    bwd[has] /= cnt[has, None]
+    return np.where(has[:, None], 0.5 * (fwd + bwd), fwd)
+
+
+def _affine_laplacian(nodes: np.ndarray, k: int) -> np.ndarray:
+    """``(M, M)`` operator ``L`` with ``(L u)_j = u_j - sum_k w_jk u_k``, where ``w_j`` are the
+    affine reconstruction weights of node ``j`` from its ``k`` nearest nodes (sum 1, least
+    squares); ``L`` nearly annihilates every affine field, so penalising ``|L u|^2`` leaves
+    global and local stretches free and penalises bending only."""
+    from scipy.spatial import cKDTree
+
+    _, nb = cKDTree(nodes).query(nodes, k + 1)
+    L = np.eye(len(nodes))
+    for j in range(len(nodes)):
+        z = nodes[nb[j, 1:]] - nodes[j]  # (k, 3)
+        G = z @ z.T
+        G += 1e-3 * np.trace(G) * np.eye(k) / k
+        w = np.linalg.solve(G, np.ones(k))
+        L[j, nb[j, 1:]] -= w / w.sum()
+    return L
+
+
+def affine_to_target(vertices: np.ndarray, target_vertices: np.ndarray, target_faces: np.ndarray,
+                     target_points: np.ndarray, n_iter: int = 20) -> np.ndarray:
+    """Affine ICP of ``vertices (V, 3)`` (already similarity-aligned) onto the target mesh,
+    with both correspondence directions (see :func:`deform_to_target`); returns ``(V, 3)``."""
+    v = np.asarray(vertices, np.float64)
+    X = np.c_[v, np.ones(len(v))]  # (V, 4)
+    M = np.zeros((4, 3))
+    M[:3] = np.eye(3)
+    for _ in range(n_iter):
+        cur = X @ M
+        M = np.linalg.lstsq(X, cur + _symmetric_residual(cur, target_vertices, target_faces, target_points),
+                            rcond=None)[0]
+    return X @ M
 
 
 def _size(vertices):
