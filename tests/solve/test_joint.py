@@ -66,3 +66,25 @@ def test_degenerate_inputs_fail_with_reason(case):
     res = solve_joint(pred, uv, cam, ct_points=ct)
     assert not res.success and res.reason
     assert np.isnan(res.ct_to_cam).all()
+
+
+def test_a_ct_that_explains_only_part_of_the_predictions_is_a_failure_not_a_pose():
+    # the predictions cover the bone *and* a second object the CT does not hold:
+    # the CT aligns to its part, but 40 % of the accepted predictions lie off its
+    # surface (what a partial spine aligned one level off looks like)
+    cam, pred, uv, ct, ct_to_cam, targets_ct, world_to_cam, true = _case(4, outlier_share=0.0, n=900)
+    rng = np.random.default_rng(4)
+    extra = bone_like_points(600, 99) * 0.6 + np.array([0.0, 0.0, 140.0])
+    extra_uv = cam.project(torch.as_tensor(extra))[0][0].numpy() + rng.normal(size=(600, 2)) * 0.5
+    pred2 = np.concatenate([pred, extra + rng.normal(size=extra.shape)])
+    uv2 = np.concatenate([uv, extra_uv])
+    res = solve_joint(pred2, uv2, cam, ct_points=ct)
+    assert not res.success and "explains only" in res.reason
+    assert 0.4 < res.surface_support < 0.85
+    assert np.isnan(res.ct_to_cam).all() and np.isfinite(res.rejected_ct_to_cam).all()
+    # the same data with the check off give a pose: the check is what refused it
+    assert solve_joint(pred2, uv2, cam, ct_points=ct, config=JointConfig(min_surface_support=0.0)).success
+    # the bone alone is supported almost entirely
+    ok = solve_joint(pred, uv, cam, ct_points=ct)
+    assert ok.success and ok.surface_support > 0.95 and ok.hypothesis_scores
+    assert float(mtre_mm(ok.ct_to_cam, ct_to_cam, targets_ct)) < 2.0

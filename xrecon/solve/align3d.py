@@ -54,6 +54,10 @@ class AlignResult:
         reason: why not (empty on success).
         time_s: wall time.
         n_candidates: global-initialisation candidates tried (0 for Umeyama).
+        candidates: every distinct candidate taken through the fine levels, as
+            ``(src_to_dst (4, 4), fitness, rmse_mm)``, best first (the chosen
+            one included); callers with more evidence than the surfaces (e.g.
+            :func:`xrecon.solve.joint.solve_joint`) re-rank them.
     """
 
     src_to_dst: np.ndarray
@@ -64,6 +68,7 @@ class AlignResult:
     reason: str = ""
     time_s: float = 0.0
     n_candidates: int = 0
+    candidates: list = dataclasses.field(default_factory=list)
 
     def apply(self, points_src: np.ndarray) -> np.ndarray:
         """Map ``points_src: (N, 3)`` to the destination frame."""
@@ -413,12 +418,14 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
         voxel /= 2
 
     best = None  # (fitness, -rmse, T)
+    refined = []
     for T in distinct:
         for voxel, s_pcd, d_pcd in levels:  # refinement, coarse to fine
             T = _icp(s_pcd, d_pcd, T, voxel, cfg.fine_icp_iterations, cfg)
         if not np.isfinite(T).all() or not scale_ok(T):
             continue
         fitness, rmse = _overlap(T, np.asarray(s_pcd.points), np.asarray(d_pcd.points), 3 * fine)
+        refined.append((fitness, -rmse, T))
         if best is None or (fitness, -rmse) > best[:2]:
             best = (fitness, -rmse, T)
         if fitness >= cfg.good_fitness:
@@ -428,7 +435,9 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
                      + (")" if cfg.scale_bounds is None else f" or scale outside {cfg.scale_bounds})"), t0)
     fitness, rmse, T = best[0], -best[1], best[2]
     s = float(np.cbrt(np.linalg.det(T[:3, :3])))
-    res = AlignResult(T, s, rmse, fitness, True, "", time.perf_counter() - t0, len(cands))
+    refined.sort(key=lambda c: c[:2], reverse=True)
+    res = AlignResult(T, s, rmse, fitness, True, "", time.perf_counter() - t0, len(cands),
+                      [(U, f, -r) for f, r, U in refined])
     if fitness < cfg.min_fitness:
         res.success, res.reason = False, (f"only {fitness:.0%} of source points lie near the destination after "
                                           f"alignment (need {cfg.min_fitness:.0%})")
