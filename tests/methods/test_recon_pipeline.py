@@ -108,3 +108,13 @@ def test_net_to_image_uv_inverts_camera_resizing(scene):
     uv_small = small.project(inst[:50])[0][0].numpy()
     uv_full = cam.project(inst[:50])[0][0].numpy()
     np.testing.assert_allclose(net_to_image_uv(uv_small, (32, 32), (128, 128)), uv_full, atol=1e-9)
+
+
+def test_a_pose_outside_the_training_depths_is_low_confidence(scene):
+    space, _, inst, cam, m2c, _ = scene
+    depth = float((inst @ m2c[2, :3] + m2c[2, 3]).mean())
+    ok = reconstruct_from_prediction(oracle(scene), space, cam, ReconConfig(depth_range_mm=(depth - 50, depth + 50)))
+    far = reconstruct_from_prediction(oracle(scene), space, cam, ReconConfig(depth_range_mm=(depth + 50, depth + 400)))
+    assert ok.success and ok.confident, ok.notes
+    assert far.success and not far.confident
+    assert any("outside the training range" in n for n in far.notes)

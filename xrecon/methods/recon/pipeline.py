@@ -64,6 +64,11 @@ class ReconConfig:
         n_points: size of the output point cloud (vertex subset of the shape model).
         min_inliers: fewer PnP inliers than this marks the result low-confidence.
         min_inlier_ratio: so does a lower share of inliers.
+        depth_range_mm: source-to-bone-centroid distances the default network
+            was trained on (seed 002's 765 mm +- 3 SD of the depth offsets, and
+            the wider protocol's 650-850 mm source distances, with margin); a
+            pose outside is marked low-confidence. A bone behind the source is a
+            failure.
         seed: seeds RANSAC and subsets.
     """
 
@@ -79,6 +84,7 @@ class ReconConfig:
     n_points: int = 1000
     min_inliers: int = 40
     min_inlier_ratio: float = 0.3
+    depth_range_mm: tuple[float, float] = (450.0, 1100.0)
     seed: int = 0
 
 
@@ -235,6 +241,12 @@ def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera
             p_inst = points_at(inst, space.faces, loc)
         else:
             info.append(f"pose+shape refinement skipped: {fit.reason}")
+    depth_mm = inst @ model_to_cam[2, :3] + model_to_cam[2, 3]
+    if depth_mm.min() <= 0:
+        rec = _empty(space, pred, camera, "the solved pose puts the bone behind the X-ray source (an impossible "
+                     "view: the correspondences are inconsistent)", ids, timings)
+        rec.corr_instance_mm, rec.corr_uv, rec.corr_sigma_mm = p_inst, uv, sigma
+        return rec
     cam_pose = camera.with_pose(model_to_cam)
     pts_uv = cam_pose.project(inst[ids])[0][0].numpy()
     inlier_canon = pred.canonical_mm[sel][inl]
@@ -245,6 +257,10 @@ def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera
         notes.append(f"few PnP inliers ({n_inl} < {cfg.min_inliers})")
     if ratio < cfg.min_inlier_ratio:
         notes.append(f"low inlier ratio ({ratio:.2f} < {cfg.min_inlier_ratio})")
+    lo, hi = cfg.depth_range_mm
+    if not lo <= float(depth_mm.mean()) <= hi:
+        notes.append(f"the bone is {depth_mm.mean():.0f} mm from the source, outside the training range "
+                     f"({lo:.0f}-{hi:.0f} mm)")
     if np.abs(b).max() >= 2.9:
         notes.append("shape coefficients at the model's bound (unusual anatomy or not a pelvis?)")
     timings["total"] = time.perf_counter() - t0
