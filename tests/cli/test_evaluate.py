@@ -60,6 +60,7 @@ def scr_on_phantom(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("evaluate")
     ct, labels, bone = _phantom()
+    write_volume(root / "ct.nii.gz", ct)
     write_dataset(root / "data", ct, bone, DEEPFLUORO.binned(32),
                   DatasetConfig(n=4, seed=0, shard_size=2, poses=PoseSamplerConfig(offset_std_mm=(5.0, 5.0, 5.0))),
                   labels=labels, structures={T1: "vertebrae_T1", T2: "vertebrae_T2"}, progress=False)
@@ -148,6 +149,37 @@ def test_an_oracle_network_scores_near_zero_through_the_model_path(scr_on_phanto
     assert max(r["mtre_mm"] for r in table.rows) < 0.01
     assert max(r["projected_mtre_mm"] for r in table.rows) < 0.01
     assert table.mtre["all"].gfr[5.0] == 0.0
+
+
+def test_a_reconstruction_model_registers_the_dataset_ct_checked_by_hash(scr_on_phantom, tmp_path, monkeypatch):
+    # the reconstruction path dispatches to xrecon.api.register with the dataset's CT;
+    # register is replaced by an oracle here (the shipped model knows pelvises, not boxes)
+    from types import SimpleNamespace
+
+    from xrecon import api
+    from xrecon.errors import InputError
+    from xrecon.evaluate import evaluate_model
+    from xrecon.methods.recon.model_io import FORMAT
+    from xrecon.sim.dataset import SimulatedDataset
+
+    root = scr_on_phantom
+    torch.save({"format": FORMAT}, tmp_path / "recon.pt")
+    ds = SimulatedDataset(root / "data", fields=("world_to_cam",))
+    truth = {ds[i]["image"][0].numpy().tobytes(): ds[i]["world_to_cam"].double().numpy() for i in range(len(ds))}
+    seen = []
+
+    def oracle_register(image, camera, ct, labels=None, structures=None, **kw):
+        seen.append((ct.source, kw.get("model")))
+        return SimpleNamespace(success=True, ct_to_cam=truth[np.asarray(image).tobytes()],
+                               registration=SimpleNamespace(reason=""))
+
+    monkeypatch.setattr(api, "register", oracle_register)
+    table, _ = evaluate_model(tmp_path / "recon.pt", root / "data", tmp_path / "out", limit=2,
+                              ct_path=root / "ct.nii.gz", plots=False, progress=False)
+    assert len(seen) == 2 and seen[0][1] == tmp_path / "recon.pt" and seen[0][0].endswith("ct.nii.gz")
+    assert [r["mtre_mm"] for r in table.rows] == [0.0, 0.0]
+    with pytest.raises(InputError, match="not the one the dataset was simulated from"):
+        evaluate_model(tmp_path / "recon.pt", root / "data", tmp_path / "out2", progress=False)  # default CT
 
 
 @pytest.mark.parametrize("args, message", [

@@ -337,8 +337,8 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
 
     if best.support < cfg.min_surface_support:
         return refuse(f"the aligned CT surface explains only {100 * best.support:.0f} % of the predictions PnP "
-                    f"accepted (within {res.support_distance_mm:.1f} mm; need {100 * cfg.min_surface_support:.0f} %):"
-                    " the CT is most likely aligned to the wrong part (a partial view?)")
+                      f"accepted (within {res.support_distance_mm:.1f} mm; need {100 * cfg.min_surface_support:.0f} "
+                      "%): the CT is most likely aligned to the wrong part (a partial view?)")
     probe = ct[:: max(1, len(ct) // 2000)]
     others = [h for h in hyps[1:]
               if np.linalg.norm(_apply(h.ct_to_cam, probe) - _apply(best.ct_to_cam, probe), axis=1).mean()
@@ -347,8 +347,8 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
         res.runner_up_ratio = others[0].score / max(best.score, 1e-12)
         if res.runner_up_ratio < cfg.ambiguity_ratio:
             return refuse(f"ambiguous CT alignment: {len(hyps)} hypotheses, a distinct CT pose explains the "
-                        f"predictions almost as well (truncated surface residual {others[0].score:.2f} vs "
-                        f"{best.score:.2f} mm, ratio {res.runner_up_ratio:.2f} < {cfg.ambiguity_ratio})")
+                          f"predictions almost as well (truncated surface residual {others[0].score:.2f} vs "
+                          f"{best.score:.2f} mm, ratio {res.runner_up_ratio:.2f} < {cfg.ambiguity_ratio})")
     return done()
 
 
