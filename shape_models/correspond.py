@@ -9,7 +9,9 @@ Per target:
 1. **Similarity alignment** of the template to the target: multi-start trimmed
    similarity ICP from the 24 pairings of principal axes (complete surfaces
    have reliable principal axes), see :func:`shape_models.fit3d.coarse_align`.
-2. **Non-rigid registration**: a smooth displacement field on the template,
+2. **Affine ICP** (both correspondence directions below), which takes up the
+   global stretches and shears, tangential parts included.
+3. **Non-rigid registration**: a smooth displacement field on the template,
    carried by ``n_control_points`` Gaussian radial basis nodes (a motion-coherence
    field as in coherent point drift), fitted by alternating correspondences:
    template vertices -> closest target surface point and target samples ->
@@ -40,35 +42,51 @@ log = logging.getLogger(__name__)
 class RegistrationConfig:
     """Settings of :func:`register_template`.
 
+    Defaults chosen by ``python benchmarks/bench_ssm_correspond.py`` (see
+    ``docs/shape_models.md``): the affine stage and 12 rounds per kernel width are
+    what lets the template follow stretches *along* the surface (closest-point
+    matching converges slowly in tangential directions; too few rounds leave the
+    vertices slid and the shape modes shrunk and mixed).
+
     Attributes:
         n_control_points: Gaussian nodes carrying the displacement field.
         sigmas_mm: kernel widths, coarse to fine; relative to a template of the
             target's size (the similarity stage scales the template first).
         iters_per_level: correspondence / update rounds per width.
-        ridge: regularisation of the node displacements (relative to the data term).
+        ridge: with ``regulariser="ridge"``, damping of each node update (relative to the
+            data term): every round solves ``min |W du - r|^2 + ridge' |du|^2`` for the
+            current residuals ``r``, so the field keeps converging over the rounds.
         n_target_samples: surface samples of the target for the target -> template term.
         project_final: move every vertex onto the closest target surface point at the end.
+        affine_iters: rounds of affine ICP (both correspondence directions) between the
+            similarity and the non-rigid stage (0 skips it).
+        regulariser: ``"ridge"`` (above) or ``"laplacian"``: each width fits the whole node
+            field of that width with the penalty ``laplacian_weight |L u|^2``, ``L`` the
+            affine-reconstruction Laplacian of the nodes (free local stretches, penalised
+            bending); measured no better than ``"ridge"`` on the pelvis benchmark.
+        laplacian_weight: relative weight of that penalty (scaled by the data term's trace).
+        laplacian_neighbours: nodes used to reconstruct each node for ``L``.
         bootstrap_modes: in :func:`build_model_from_meshes`, a second pass: a model of the
             first registrations with this many modes is fitted to each target
             (:func:`shape_models.fit3d.fit_points` from the first pass's pose), then refined
-            non-rigidly with ``bootstrap_sigmas_mm``; this removes much of the arbitrary
-            sliding of the first pass (0 disables).
+            non-rigidly with ``bootstrap_sigmas_mm`` (0 disables; measured: +0.003 |cos| of
+            modes 2-3 for 5x the time with the earlier 4-round registration, so off by default).
         bootstrap_rounds: how many times that second pass is repeated (each on the previous result).
         seed: for sampling.
     """
 
     n_control_points: int = 400
     sigmas_mm: tuple = (60.0, 40.0, 25.0, 15.0, 10.0)
-    bootstrap_modes: int = 8
+    bootstrap_modes: int = 0
     bootstrap_rounds: int = 2
     bootstrap_sigmas_mm: tuple = (15.0, 10.0)
-    iters_per_level: int = 4
+    iters_per_level: int = 12
     ridge: float = 1e-1
     n_target_samples: int = 20000
     project_final: bool = True
-    affine_iters: int = 0
+    affine_iters: int = 20
     regulariser: str = "ridge"
-    laplacian_weight: float = 1.0
+    laplacian_weight: float = 100.0
     laplacian_neighbours: int = 10
     seed: int = 0
 
@@ -157,7 +175,13 @@ def register_template(template_vertices, template_faces, target_vertices, target
 
     # 2. affine (optional), then non-rigid
     if config.affine_iters > 0:
-        v = affine_to_target(v, gv, gf, target_pts, config.affine_iters)
+        moved, affine = affine_to_target(v, gv, gf, target_pts, config.affine_iters)
+        sv = np.linalg.svd(affine[:3, :3], compute_uv=False)
+        if np.linalg.det(affine[:3, :3]) > 0 and sv[0] / sv[-1] < 3.0:
+            v = moved
+        else:  # a flattened or mirrored template: keep the similarity start
+            log.warning("%s: affine stage degenerate (singular values %s); skipped", source or "target",
+                        np.round(sv, 3))
     v = deform_to_target(v, gv, gf, target_pts, config.sigmas_mm, config)
     d = surface_distance((v, tf), (gv, gf), n_samples=10000, seed=config.seed)
     success, reason = True, ""
@@ -174,6 +198,8 @@ def deform_to_target(vertices: np.ndarray, target_vertices: np.ndarray, target_f
     through the kernel widths ``sigmas_mm``; returns the deformed ``(V, 3)``."""
     from scipy.spatial import cKDTree
 
+    if config.regulariser not in ("ridge", "laplacian"):
+        raise InputError(f"regulariser must be 'ridge' or 'laplacian', got {config.regulariser!r}")
     rng = np.random.default_rng(config.seed)
     rest = np.asarray(vertices, np.float64)
     nodes = rest[rng.choice(len(rest), min(len(rest), config.n_control_points), replace=False)]
@@ -242,9 +268,13 @@ def _affine_laplacian(nodes: np.ndarray, k: int) -> np.ndarray:
 
 
 def affine_to_target(vertices: np.ndarray, target_vertices: np.ndarray, target_faces: np.ndarray,
-                     target_points: np.ndarray, n_iter: int = 20) -> np.ndarray:
-    """Affine ICP of ``vertices (V, 3)`` (already similarity-aligned) onto the target mesh,
-    with both correspondence directions (see :func:`deform_to_target`); returns ``(V, 3)``."""
+                     target_points: np.ndarray, n_iter: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Affine ICP of ``vertices (V, 3)`` (already similarity-aligned) onto the target mesh
+    ``(target_vertices (Vt, 3), target_faces (Ft, 3))`` and its surface samples
+    ``target_points (N, 3)``, with both correspondence directions (see :func:`deform_to_target`).
+
+    Returns ``(moved vertices (V, 3), affine (4, 4))`` with ``moved = affine @ [v, 1]``.
+    """
     v = np.asarray(vertices, np.float64)
     X = np.c_[v, np.ones(len(v))]  # (V, 4)
     M = np.zeros((4, 3))
@@ -253,7 +283,10 @@ def affine_to_target(vertices: np.ndarray, target_vertices: np.ndarray, target_f
         cur = X @ M
         M = np.linalg.lstsq(X, cur + _symmetric_residual(cur, target_vertices, target_faces, target_points),
                             rcond=None)[0]
-    return X @ M
+    affine = np.eye(4)
+    affine[:3, :3] = M[:3].T
+    affine[:3, 3] = M[3]
+    return X @ M, affine
 
 
 def _size(vertices):

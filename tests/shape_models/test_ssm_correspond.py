@@ -78,7 +78,8 @@ def test_affine_stage_recovers_a_planted_affine_map():
     truth = tv @ A.T + np.array([3.0, -2.0, 1.0])
     gv, gf = remesh(truth, tf, 1500, seed=3)
     pts, _ = sample_surface_normals(gv, gf, 4000, seed=0)
-    out = affine_to_target(tv, gv, gf, pts, n_iter=20)
+    out, affine = affine_to_target(tv, gv, gf, pts, n_iter=20)
+    assert np.allclose(out, tv @ affine[:3, :3].T + affine[:3, 3])
     # vertex i moves toward the true image of vertex i (not only onto the surface); the
     # near-ellipsoid leaves some affine ambiguity, hence a relative bound
     before = np.median(np.linalg.norm(tv - truth, axis=1))
