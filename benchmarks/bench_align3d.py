@@ -136,7 +136,8 @@ def main(argv=None) -> int:
                   f"| {r['p95_assd_mm']:.3f} | {r['max_assd_mm']:.3f} | {r['failures']} "
                   f"| {r['median_rotation_deg']:.3f} | {r['mean_time_s']:.2f} |")
     md += ["", f"Acceptance (ASSD < 1 mm in >= 98 % of cases, every bone): **{'PASS' if accepted else 'FAIL'}**", "",
-           "Command: `python benchmarks/bench_align3d.py" + (" --quick" if args.quick else "") + "`", ""]
+           "Command: `python benchmarks/bench_align3d.py" + (" --quick" if args.quick else "")
+           + (f" --cases {args.cases}" if args.cases else "") + "`", ""]
     payload = {"date": data.today(), "machine": data.machine(), "config": vars(config), "points": args.points,
                "missing": args.missing, "accepted": accepted, "bones": results}
     j, m = data.write_results("bench_align3d" + ("_quick" if args.quick else ""), payload, "\n".join(md))
