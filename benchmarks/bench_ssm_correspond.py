@@ -45,21 +45,21 @@ from xrecon.io import atomic_write_text  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
-#: Registration configurations compared. ``previous``: the default before the affine stage and the
-#: 12 rounds per kernel width (4 rounds, two model-based bootstrap rounds); the others are the
+#: Registration configurations compared. ``previous``: the default before the affine stage, the
+#: 12 rounds per kernel width and ridge 0.02 (4 rounds, two model-based bootstrap rounds); the others are the
 #: alternatives measured while choosing the default (see docs/shape_models.md).
-_OLD = dict(affine_iters=0, iters_per_level=4, bootstrap_modes=0)
+_OLD = dict(affine_iters=0, iters_per_level=4, ridge=0.1, bootstrap_modes=0)
 VARIANTS = {
     "default": RegistrationConfig(),
     "previous": RegistrationConfig(**{**_OLD, "bootstrap_modes": 8, "bootstrap_rounds": 2}),
     "previous_no_bootstrap": RegistrationConfig(**_OLD),
-    "affine_4_rounds": RegistrationConfig(iters_per_level=4),
+    "affine_4_rounds": RegistrationConfig(iters_per_level=4, ridge=0.1),
     "laplacian_1": RegistrationConfig(iters_per_level=4, regulariser="laplacian", laplacian_weight=1.0),
     "laplacian_10": RegistrationConfig(iters_per_level=4, regulariser="laplacian", laplacian_weight=10.0),
     "laplacian_100": RegistrationConfig(iters_per_level=6, regulariser="laplacian", laplacian_weight=100.0),
     "laplacian_1000": RegistrationConfig(iters_per_level=6, regulariser="laplacian", laplacian_weight=1000.0),
-    "ridge_0.02": RegistrationConfig(ridge=0.02),
-    "25_rounds_no_10mm": RegistrationConfig(iters_per_level=25, sigmas_mm=(60.0, 40.0, 25.0, 15.0)),
+    "ridge_0.1": RegistrationConfig(ridge=0.1),
+    "25_rounds_no_10mm": RegistrationConfig(iters_per_level=25, ridge=0.1, sigmas_mm=(60.0, 40.0, 25.0, 15.0)),
 }
 
 

@@ -43,10 +43,11 @@ class RegistrationConfig:
     """Settings of :func:`register_template`.
 
     Defaults chosen by ``python benchmarks/bench_ssm_correspond.py`` (see
-    ``docs/shape_models.md``): the affine stage and 12 rounds per kernel width are
-    what lets the template follow stretches *along* the surface (closest-point
-    matching converges slowly in tangential directions; too few rounds leave the
-    vertices slid and the shape modes shrunk and mixed).
+    ``docs/shape_models.md``): the affine stage, 12 rounds per kernel width and
+    light damping (``ridge=0.02``) are what lets the template follow stretches
+    *along* the surface (closest-point matching converges slowly in tangential
+    directions; too few rounds leave the vertices slid and the shape modes shrunk
+    and mixed).
 
     Attributes:
         n_control_points: Gaussian nodes carrying the displacement field.
@@ -81,7 +82,7 @@ class RegistrationConfig:
     bootstrap_rounds: int = 2
     bootstrap_sigmas_mm: tuple = (15.0, 10.0)
     iters_per_level: int = 12
-    ridge: float = 1e-1
+    ridge: float = 0.02
     n_target_samples: int = 20000
     project_final: bool = True
     affine_iters: int = 20
@@ -195,9 +196,10 @@ def deform_to_target(vertices: np.ndarray, target_vertices: np.ndarray, target_f
                      ) -> np.ndarray:
     """Non-rigid stage: a Gaussian node field on ``vertices (V, 3)`` (already aligned to the
     target) fitted to the target mesh and its surface samples ``target_points (N, 3)``
-    through the kernel widths ``sigmas_mm``; returns the deformed ``(V, 3)``."""
-    from scipy.spatial import cKDTree
+    through the kernel widths ``sigmas_mm``; returns the deformed ``(V, 3)``.
 
+    ``target_vertices (Vt, 3), target_faces (Ft, 3)``: the target mesh. The node field is
+    regularised as ``config.regulariser`` says (see :class:`RegistrationConfig`)."""
     if config.regulariser not in ("ridge", "laplacian"):
         raise InputError(f"regulariser must be 'ridge' or 'laplacian', got {config.regulariser!r}")
     rng = np.random.default_rng(config.seed)

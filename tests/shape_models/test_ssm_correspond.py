@@ -67,6 +67,10 @@ def test_bad_meshes_are_refused():
         check_mesh(bad, f)
     with pytest.raises(InputError, match="at least 2"):
         build_model_from_meshes([(v, f)])
+    from shape_models.correspond import deform_to_target
+
+    with pytest.raises(InputError, match="regulariser"):
+        deform_to_target(v, v, f, v, (10.0,), RegistrationConfig(regulariser="tps"))
 
 
 def test_affine_stage_recovers_a_planted_affine_map():
