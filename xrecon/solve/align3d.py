@@ -171,6 +171,10 @@ class AlignConfig:
             fine levels, in order, until one reaches ``good_fitness``; the one
             with the best overlap wins.
         good_fitness: overlap that ends the search early.
+        fpfh_retries: when no refined candidate reaches ``good_fitness``,
+            FPFH + RANSAC runs again with up to this many further seeds, each
+            new candidate refined the same way (a partial cloud can defeat one
+            RANSAC draw and every principal-axis guess).
         seed: seeds subsampling and RANSAC.
     """
 
@@ -187,6 +191,7 @@ class AlignConfig:
     min_fitness: float = 0.3
     refine_candidates: int = 6
     good_fitness: float = 0.9
+    fpfh_retries: int = 4
     seed: int = 0
 
     def __post_init__(self):
@@ -419,17 +424,29 @@ def align_surfaces(src_points, dst_points, *, config: AlignConfig | None = None,
 
     best = None  # (fitness, -rmse, T)
     refined = []
-    for T in distinct:
+
+    def refine(T: np.ndarray) -> bool:
+        """Take one candidate through the fine levels; True when it overlaps well."""
+        nonlocal best
         for voxel, s_pcd, d_pcd in levels:  # refinement, coarse to fine
             T = _icp(s_pcd, d_pcd, T, voxel, cfg.fine_icp_iterations, cfg)
         if not np.isfinite(T).all() or not scale_ok(T):
-            continue
+            return False
         fitness, rmse = _overlap(T, np.asarray(s_pcd.points), np.asarray(d_pcd.points), 3 * fine)
         refined.append((fitness, -rmse, T))
         if best is None or (fitness, -rmse) > best[:2]:
             best = (fitness, -rmse, T)
-        if fitness >= cfg.good_fitness:
-            break
+        return fitness >= cfg.good_fitness
+
+    done = any(refine(T) for T in distinct)
+    if not done and "fpfh" in cfg.global_init:
+        for k in range(1, cfg.fpfh_retries + 1):
+            T = _fpfh_candidate(src_c, dst_c, coarse, cfg.seed + k)
+            if T is None:
+                continue
+            T = _icp(src_c_raw, dst_c, T @ S0, coarse, cfg.coarse_icp_iterations, cfg)
+            if np.isfinite(T).all() and scale_ok(T) and refine(T):
+                break
     if best is None:
         return _fail("ICP diverged (non-finite transform"
                      + (")" if cfg.scale_bounds is None else f" or scale outside {cfg.scale_bounds})"), t0)
