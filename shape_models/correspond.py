@@ -70,8 +70,8 @@ class RegistrationConfig:
         bootstrap_modes: in :func:`build_model_from_meshes`, a second pass: a model of the
             first registrations with this many modes is fitted to each target
             (:func:`shape_models.fit3d.fit_points` from the first pass's pose), then refined
-            non-rigidly with ``bootstrap_sigmas_mm`` (0 disables; measured: +0.003 |cos| of
-            modes 2-3 for 5x the time with the earlier 4-round registration, so off by default).
+            non-rigidly with ``bootstrap_sigmas_mm`` (0 disables; measured: +0.003 / +0.006 |cos|
+            of modes 2-3 for about 6x the time with the earlier 4-round registration, so off by default).
         bootstrap_rounds: how many times that second pass is repeated (each on the previous result).
         seed: for sampling.
     """
