@@ -85,7 +85,7 @@ def main(argv=None) -> int:
 
     from xrecon.anatomy.bone import bone_from_labels
     from xrecon.errors import InputError
-    from xrecon.api import refine_pose
+    from xrecon.api import recon_refine_config, refine_pose
     from xrecon.geometry import Camera
     from shape_models.bundled import load_model
     from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of, split_shapes
@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()
             refined, rinfo = refine_pose(images[i], Camera(K[i], np.eye(4), size, size, spacing),
-                                         ct.transformed(world_to_ct), reg.ct_to_cam)
+                                         ct.transformed(world_to_ct), reg.ct_to_cam, config=recon_refine_config())
             pose = refined if refined is not None else reg.ct_to_cam
             row.update({"refined_mtre_mm": float(mtre_mm(pose, truth, targets)[0]), "refine_time_s": time.monotonic() - t1,
                         "refine_improved": refined is not None, "refine_similarity": [rinfo["similarity_init"],

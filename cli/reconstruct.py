@@ -27,11 +27,14 @@ def reconstruct(
     (model_to_cam, shape, confidence) and OUT/overlay.png.
     """
     from xrecon import api
+    from xrecon.errors import InputError
     from xrecon.methods.recon.outputs import write_reconstruction
     from xrecon.methods.recon.pipeline import ReconConfig
 
     img, cam = api.load_xray(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
     rec = api.reconstruct(img, cam, model=model, config=ReconConfig(refine_shape=not no_shape_fit))
+    if not rec.success:
+        raise InputError(f"no reconstruction: {rec.reason}", image)
     _net, space, info = api._load_model(None if model is None else str(model))
     files = write_reconstruction(out, rec, img, space.name, {"file": str(model or "shipped default"),
                                                               "command": info.get("command")})

@@ -53,6 +53,10 @@ def register(
 
     result = api.register(image, camera, ct, labels=labels, structures=structures, refine=refine, sdd_mm=sdd,
                           pixel_spacing_mm=pixel_spacing, model=model, label_names=label_names)
+    if not result.success:
+        from xrecon.errors import InputError
+
+        raise InputError(f"registration failed: {result.registration.reason}", image)
     _net, _space, info = api._load_model(None if model is None else str(model))
     files = write_registration(out, result, {"file": str(model or "shipped default"),
                                              "command": info.get("command")})

@@ -187,7 +187,8 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
         config: :class:`xrecon.methods.recon.pipeline.ReconConfig`.
         threshold_hu: bone threshold when no label map is given.
         label_names: names of the label map's ids (see :func:`ct_bone`).
-        refine_config: :class:`xrecon.solve.refine.RefineConfig` of the intensity refinement.
+        refine_config: :class:`xrecon.solve.refine.RefineConfig` of the intensity
+            refinement (default :func:`recon_refine_config`).
     """
     from xrecon.anatomy.ct_io import read_ct
     from xrecon.anatomy.volume import Volume
@@ -204,8 +205,17 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
     out = Registration(reg.ct_to_cam, None, rec, reg, bone, cam[0], img)
     if refine and reg.success:
         out.ct_to_cam_refined, out.refine_info = refine_pose(img, cam[0], ct_vol, reg.ct_to_cam,
-                                                             config=refine_config)
+                                                             config=refine_config or recon_refine_config())
     return out
+
+
+def recon_refine_config():
+    """Intensity refinement after a registration through the reconstruction: the
+    default levels with gradient NCC, which did better than multiscale patch NCC
+    on held-out pelvis phantoms (``benchmarks/bench_recon.py``; docs/reconstruction.md)."""
+    from xrecon.solve.refine import RefineConfig
+
+    return RefineConfig(similarity="gradient_ncc")
 
 
 def refine_pose(image: np.ndarray, camera: Camera, ct, ct_to_cam: np.ndarray, *, config=None,

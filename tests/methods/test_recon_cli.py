@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -117,3 +118,20 @@ def test_shipped_model_reconstructs_and_registers_the_example(tmp_path):
     if err > 10.0:
         assert reg["confident"] is False and reg["notes"], (err, reg["notes"])
     assert (out2 / "overlay.png").stat().st_size > 1000
+
+
+def test_image_without_bone_is_refused_by_the_shipped_model(tmp_path):
+    """A simulated X-ray of a body whose pelvis was replaced by soft tissue (held-out
+    seed): the shipped model must find no pelvis, say so, and write nothing."""
+    from xrecon.anatomy.xray_io import write_image
+    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset
+
+    cfg = ReconDataConfig(split="test", n_shapes=1, views_per_shape=1, protocol="seed002", seed=4242,
+                          with_bone=False)
+    with h5py.File(generate_dataset(tmp_path / "neg.h5", cfg, progress=False)) as h5:
+        image = h5["image"][0]
+    write_image(tmp_path / "no_bone.png", image, bits=16)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["reconstruct", str(tmp_path / "no_bone.png"), "--camera",
+                              str(EXAMPLES / "pelvis_xray.json"), "--out", str(out)])
+    _fails_cleanly(res, out, "no_bone.png", "bone")
