@@ -464,7 +464,8 @@ def predict_dataset(model_path: str | Path, dataset, indices, *, ct_path=None, l
 
     ct, labels = _dataset_ct(dataset.manifest, ct_path, labels_path)
     structures = dataset.manifest["identity"].get("structures")
-    names = list(structures.values()) if structures and labels is not None else None
+    # the manifest maps label ids to names; ids work whatever naming the label map uses
+    names = [int(k) for k in structures] if structures and labels is not None else None
     for i in tqdm(indices, desc="recon", disable=not progress, leave=False):
         d = dataset[i]
         t0 = time.perf_counter()
