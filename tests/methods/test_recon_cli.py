@@ -135,3 +135,7 @@ def test_image_without_bone_is_refused_by_the_shipped_model(tmp_path):
     res = runner.invoke(app, ["reconstruct", str(tmp_path / "no_bone.png"), "--camera",
                               str(EXAMPLES / "pelvis_xray.json"), "--out", str(out)])
     _fails_cleanly(res, out, "no_bone.png", "bone")
+    res = runner.invoke(app, ["register", str(tmp_path / "no_bone.png"), "--camera", str(EXAMPLES / "pelvis_xray.json"),
+                              "--ct", str(EXAMPLES / "pelvis_ct.nii.gz"), "--labels", str(EXAMPLES / "pelvis_labels.nii.gz"),
+                              "--out", str(out)])
+    _fails_cleanly(res, out, "no_bone.png", "bone")
