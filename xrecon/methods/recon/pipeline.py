@@ -285,6 +285,9 @@ def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
 #: plausible reconstruction / CT size ratios for the same bone (the predicted
 #: size's error on held-out shapes is a few per cent; see docs/reconstruction.md)
 SCALE_BOUNDS = (0.8, 1.25)
+#: inside the bounds but beyond this the registration is marked low-confidence
+#: (about 2 SD of the predicted size's error)
+SCALE_CONFIDENT = (0.87, 1.15)
 
 
 def _canonical_frame(points: np.ndarray) -> np.ndarray:
@@ -405,7 +408,7 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
     n_used = int(res.inliers.sum())
     if n_used < config.min_inliers:
         notes.append(f"few CT correspondences ({n_used} < {config.min_inliers})")
-    if not (0.87 < res.scale < 1.15):
+    if not (SCALE_CONFIDENT[0] < res.scale < SCALE_CONFIDENT[1]):
         notes.append(f"the reconstruction is {res.scale:.2f} x the CT's size: is it the same bone?")
     return CTRegistration(ct_to_cam, ct_to_model, float(res.scale), n_used, res.reprojection_error_px,
                           res.surface_residual_mm, True, "", rec.confident and not notes[len(rec.notes):], notes,
