@@ -21,6 +21,7 @@ Writes benchmarks/results/bench_recon.{json,md,png}. Simulated data only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import logging
@@ -73,6 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-refine", type=int, default=6, help="registered cases refined by intensity")
     ap.add_argument("--n-frames-cases", type=int, default=2, help="cases registered in 5 CT frames")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--refine-similarity", default=None,
+                    help="similarity of the intensity refinement (default: the product's, gradient NCC); another "
+                         "name writes bench_recon_<name>.* for comparison")
     ap.add_argument("--data", default=str(ROOT / "data" / "recon_bench"), help="cache of the simulated test set")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -115,6 +119,9 @@ def main(argv=None) -> int:
     m2w = model_to_world(space)
     faces = space.faces
     cfg = ReconConfig()
+    refine_cfg = recon_refine_config()
+    if args.refine_similarity:
+        refine_cfg = dataclasses.replace(refine_cfg, similarity=args.refine_similarity)
     cases = []
     t_start = time.monotonic()
     for i in tqdm(range(n), desc="reconstruct"):
@@ -201,7 +208,7 @@ def main(argv=None) -> int:
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()
             refined, rinfo = refine_pose(images[i], Camera(K[i], np.eye(4), size, size, spacing),
-                                         ct.transformed(world_to_ct), reg.ct_to_cam, config=recon_refine_config())
+                                         ct.transformed(world_to_ct), reg.ct_to_cam, config=refine_cfg)
             pose = refined if refined is not None else reg.ct_to_cam
             row.update({"refined_mtre_mm": float(mtre_mm(pose, truth, targets)[0]),
                         "refined_projected_mtre_mm": float(projected_mtre_mm(pose, truth, targets, K[i], spacing)[0]),
@@ -278,10 +285,13 @@ def main(argv=None) -> int:
         "frame_invariance": {"cases": inv_rows,
                              "max_mtre_between_runs_mm": max([r["max_mm"] for r in inv_rows], default=float("nan"))},
         "wall_time_s": {"reconstruction": t_recon, "total": time.monotonic() - t_start},
+        "refine_similarity": refine_cfg.similarity,
         "command": " ".join(["python", "benchmarks/bench_recon.py"] + (argv if argv is not None else sys.argv[1:])),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "bench_recon_quick" if args.quick else "bench_recon"
+    if args.refine_similarity and args.refine_similarity != recon_refine_config().similarity:
+        name += f"_{args.refine_similarity}"
     out_cases = [{k: v for k, v in c.items() if k != "_rec"} for c in cases]
     (RESULTS / f"{name}.json").write_text(json.dumps({"summary": summary, "cases": out_cases,
                                                        "registration_cases": reg_rows}, indent=1, default=float))
