@@ -246,6 +246,7 @@ def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera
         rec = _empty(space, pred, camera, "the solved pose puts the bone behind the X-ray source (an impossible "
                      "view: the correspondences are inconsistent)", ids, timings)
         rec.corr_instance_mm, rec.corr_uv, rec.corr_sigma_mm = p_inst, uv, sigma
+        rec.corr_triangle, rec.corr_barycentric, rec.inliers = tri, bary, inl
         return rec
     cam_pose = camera.with_pose(model_to_cam)
     pts_uv = cam_pose.project(inst[ids])[0][0].numpy()
