@@ -16,6 +16,12 @@ detector). Per case:
 
     python benchmarks/bench_recon.py [--quick] [--model PATH]
 
+Diagnostic: ``--correspondences truth`` replaces the network's dense
+correspondences (canonical coordinates and bone mask) by the simulation's
+ground truth, keeping the network's shape coefficients, and writes
+bench_recon_truth_correspondences.*: what the solvers reach when the
+correspondences are exact, i.e. how much of the error the network causes.
+
 Writes benchmarks/results/bench_recon.{json,md,png}. Simulated data only.
 """
 from __future__ import annotations
@@ -65,6 +71,21 @@ def random_frame(rng: np.random.Generator, lps: bool) -> np.ndarray:
     return T
 
 
+def true_prediction(pred, canonical: np.ndarray, mask: np.ndarray):
+    """The network read-out ``pred`` with its dense correspondences replaced by the
+    simulation's: ``canonical: (2, 3, H, W)`` entry / exit points on the mean shape
+    (mm), ``mask: (H, W)`` bone pixels; a uniform 2 mm predicted error. The
+    image must be at the network's resolution (the benchmark's are)."""
+    from xrecon.methods.recon.predict import DensePrediction
+
+    vs, us = np.nonzero(mask > 0.5)
+    uv = np.stack([us, vs], axis=1).astype(np.float64)
+    points = np.concatenate([canonical[0][:, vs, us].T, canonical[1][:, vs, us].T]).astype(np.float64)
+    return DensePrediction(points, np.concatenate([uv, uv]), np.full(len(points), 2.0),
+                           np.repeat(np.array([0, 1]), len(us)), (mask > 0.5).astype(np.float64), pred.shape_sd,
+                           pred.net_camera)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few cases (smoke run)")
@@ -78,6 +99,9 @@ def main(argv=None) -> int:
                     help="similarity of the intensity refinement (default: the product's, gradient NCC); another "
                          "name writes bench_recon_<name>.* for comparison")
     ap.add_argument("--data", default=str(ROOT / "data" / "recon_bench"), help="cache of the simulated test set")
+    ap.add_argument("--correspondences", choices=("network", "truth"), default="network",
+                    help="truth: the simulation's canonical coordinates and mask instead of the network's "
+                         "(diagnostic upper bound; the shape coefficients stay the network's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -94,7 +118,9 @@ def main(argv=None) -> int:
     from shape_models.bundled import load_model
     from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of, split_shapes
     from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
-    from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points
+    from xrecon.methods.recon.pipeline import (ReconConfig, reconstruct_from_prediction, reconstruct_image,
+                                               register_ct_points)
+    from xrecon.methods.recon.predict import predict_dense
     from xrecon.metrics.registration import mtre_mm, projected_mtre_mm
     from xrecon.metrics.shape import surface_distance
     from xrecon.solve.align3d import umeyama
@@ -114,6 +140,8 @@ def main(argv=None) -> int:
         K = h5["K"][:]
         subject = h5["subject"][:]
         spacing = tuple(h5.attrs["pixel_spacing_mm"])
+        if args.correspondences == "truth":
+            true_canonical, true_mask = h5["canonical"][:], h5["mask"][:]
     n = len(images)
     size = images.shape[-1]
     m2w = model_to_world(space)
@@ -127,7 +155,12 @@ def main(argv=None) -> int:
     for i in tqdm(range(n), desc="reconstruct"):
         cam = Camera(K[i], np.eye(4), size, size, spacing)
         try:
-            rec = reconstruct_image(net, space, images[i], cam, cfg)
+            if args.correspondences == "truth":
+                rec = reconstruct_from_prediction(
+                    true_prediction(predict_dense(net, images[i], cam), true_canonical[i], true_mask[i]), space, cam,
+                    cfg)
+            else:
+                rec = reconstruct_image(net, space, images[i], cam, cfg)
         except InputError as exc:  # e.g. a seed-002 pose whose view misses the volume: a constant image
             rec = None
             reason = str(exc)
@@ -286,10 +319,13 @@ def main(argv=None) -> int:
                              "max_mtre_between_runs_mm": max([r["max_mm"] for r in inv_rows], default=float("nan"))},
         "wall_time_s": {"reconstruction": t_recon, "total": time.monotonic() - t_start},
         "refine_similarity": refine_cfg.similarity,
+        "correspondences": args.correspondences,
         "command": " ".join(["python", "benchmarks/bench_recon.py"] + (argv if argv is not None else sys.argv[1:])),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "bench_recon_quick" if args.quick else "bench_recon"
+    if args.correspondences == "truth":
+        name += "_truth_correspondences"
     if args.refine_similarity and args.refine_similarity != recon_refine_config().similarity:
         name += f"_{args.refine_similarity}"
     out_cases = [{k: v for k, v in c.items() if k != "_rec"} for c in cases]
@@ -317,6 +353,9 @@ def markdown(s: dict) -> str:
         f"Data: {s['data']}.",
         f"Model: `{s['model']['file']}` ({s['model']['epochs']} epochs; command: `{s['model']['command']}`).",
         f"Command: `{s['command']}`.",
+        *([] if s.get("correspondences", "network") == "network" else [
+            "", "**Diagnostic run: the dense correspondences (canonical coordinates, bone mask) are the simulation's "
+            "ground truth, not the network's; the shape coefficients are the network's.**"]),
         "",
         "| reconstruction (mm) | p25 | median | p95 | mean | n |",
         "|---|---|---|---|---|---|",
