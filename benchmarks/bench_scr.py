@@ -231,7 +231,7 @@ def main() -> None:
         f"{payload['date']}; {payload['machine']}. Data: {payload['data']}. {n} test images, "
         f"{len(extreme)} of them extreme views ({payload['extreme_rule']}). mTRE over {len(target_names)} "
         "structure centroids (vertebrae T1-L1, ribs, sternum, costal cartilages), mm. Time: network + PnP per "
-        "image, one CPU thread, 128 px. Command: `python benchmarks/bench_scr.py" + (" --quick" if args.quick else "")
+        "image, one CPU thread, 128 px. Command: `" + " ".join(["python", "benchmarks/bench_scr.py", *sys.argv[1:]])
         + "`.",
         "",
         "| method | subset | n | mTRE p25 | p50 | p95 | GFR@10 % | GFR@5 % | PnP ok % | time / image (s) |",
