@@ -45,12 +45,16 @@ log = logging.getLogger("bench_recon")
 
 
 def percentiles(x) -> dict:
+    """p25 / median / p95 with failed cases (NaN) sorted as +inf, as in every
+    seed table (:mod:`xrecon.metrics.aggregate`); mean and std over the
+    finite cases, ``n_failed`` says how many were left out of those."""
+    from xrecon.metrics.aggregate import summarize
+
     x = np.asarray(x, np.float64)
-    ok = x[np.isfinite(x)]
     out = {"n": int(len(x)), "n_failed": int((~np.isfinite(x)).sum())}
-    if len(ok):
-        out.update({"p25": float(np.percentile(ok, 25)), "median": float(np.median(ok)),
-                    "p95": float(np.percentile(ok, 95)), "mean": float(ok.mean()), "std": float(ok.std())})
+    if len(x):
+        s = summarize(x, ())
+        out.update({"p25": s.p25, "median": s.p50, "p95": s.p95, "mean": s.mean, "std": s.std})
     return out
 
 
@@ -365,8 +369,8 @@ def markdown(s: dict) -> str:
             "", "**Diagnostic run: the dense correspondences (canonical coordinates, bone mask) are the simulation's "
             "ground truth, not the network's; the shape coefficients are the network's.**"]),
         "",
-        "| reconstruction (mm) | p25 | median | p95 | mean | n |",
-        "|---|---|---|---|---|---|",
+        "| reconstruction (mm) | p25 | median | p95 | mean | n | failed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, key in [("ASSD posed (camera frame)", "posed_assd_mm"),
                       ("ASSD after similarity alignment (shape only)", "similarity_aligned_assd_mm"),
@@ -376,7 +380,8 @@ def markdown(s: dict) -> str:
                       ("baseline: mean shape after similarity alignment", "baseline_mean_shape_similarity_assd_mm"),
                       ("abs. depth error of the centroid", "depth_error_mm")]:
         p = r[key]
-        lines.append(f"| {name} | {fmt(p, 'p25')} | {fmt(p)} | {fmt(p, 'p95')} | {fmt(p, 'mean')} | {p['n']} |")
+        lines.append(f"| {name} | {fmt(p, 'p25')} | {fmt(p)} | {fmt(p, 'p95')} | {fmt(p, 'mean')} | {p['n']} | "
+                     f"{p['n_failed']} |")
     imp = r["improvement_over_baseline_median"]
     lines += [
         "",
@@ -388,25 +393,29 @@ def markdown(s: dict) -> str:
         f"{100 * r['success_rate']:.0f} %, flagged confident {100 * r['confident_rate']:.0f} %; "
         f"time per image median {fmt(r['time_per_image_s'])} s.",
         "",
-        "| CT registration | p25 | median | p95 | GFR@10 | GFR@5 | n | s / case |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CT registration | p25 | median | p95 | GFR@10 | GFR@5 | n | failed | s / case |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| before refinement (all) | {fmt(g['mtre_mm'], 'p25')} | {fmt(g['mtre_mm'])} | {fmt(g['mtre_mm'], 'p95')} | "
-        f"{100 * g['gfr10']:.1f} % | {100 * g['gfr5']:.1f} % | {g['mtre_mm']['n']} | {fmt(g['time_per_case_s'])} |",
+        f"{100 * g['gfr10']:.1f} % | {100 * g['gfr5']:.1f} % | {g['mtre_mm']['n']} | {g['mtre_mm']['n_failed']} | "
+        f"{fmt(g['time_per_case_s'])} |",
         f"| before refinement (refined subset) | {fmt(rs['mtre_before_mm'], 'p25')} | {fmt(rs['mtre_before_mm'])} | "
-        f"{fmt(rs['mtre_before_mm'], 'p95')} | - | - | {rs['n']} | - |",
+        f"{fmt(rs['mtre_before_mm'], 'p95')} | - | - | {rs['n']} | {rs['mtre_before_mm']['n_failed']} | - |",
         f"| after intensity refinement | {fmt(rs['mtre_after_mm'], 'p25')} | {fmt(rs['mtre_after_mm'])} | "
         f"{fmt(rs['mtre_after_mm'], 'p95')} | {100 * rs['gfr10_after']:.1f} % | - | {rs['n']} | "
-        f"{fmt(rs['time_per_case_s'])} |",
+        f"{rs['mtre_after_mm']['n_failed']} | {fmt(rs['time_per_case_s'])} |",
         f"| projected mTRE before refinement (detector plane) | {fmt(g['projected_mtre_mm'], 'p25')} | "
-        f"{fmt(g['projected_mtre_mm'])} | {fmt(g['projected_mtre_mm'], 'p95')} | - | - | {g['projected_mtre_mm']['n']} | - |",
+        f"{fmt(g['projected_mtre_mm'])} | {fmt(g['projected_mtre_mm'], 'p95')} | - | - | {g['projected_mtre_mm']['n']} | "
+        f"{g['projected_mtre_mm']['n_failed']} | - |",
         f"| abs. depth error before refinement (mean over targets) | {fmt(g['abs_depth_error_mm'], 'p25')} | "
         f"{fmt(g['abs_depth_error_mm'])} | {fmt(g['abs_depth_error_mm'], 'p95')} | - | - | "
-        f"{g['abs_depth_error_mm']['n']} | - |",
+        f"{g['abs_depth_error_mm']['n']} | {g['abs_depth_error_mm']['n_failed']} | - |",
         f"| projected mTRE after refinement | {fmt(rs['projected_mtre_after_mm'], 'p25')} | "
-        f"{fmt(rs['projected_mtre_after_mm'])} | {fmt(rs['projected_mtre_after_mm'], 'p95')} | - | - | {rs['n']} | - |",
+        f"{fmt(rs['projected_mtre_after_mm'])} | {fmt(rs['projected_mtre_after_mm'], 'p95')} | - | - | {rs['n']} | "
+        f"{rs['projected_mtre_after_mm']['n_failed']} | - |",
         "",
         "mTRE: mean distance of 500 bone-surface points of the CT under the estimated and the true CT-to-camera "
-        "pose (camera frame, mm); failed cases count as failures in GFR.",
+        "pose (camera frame, mm). A failed case (no pose) counts as a failure in GFR and as +inf in the "
+        "percentiles (mean over the others); 'failed' says how many.",
         f"Same CT in 5 frames (random rotations and offsets, LPS flips): largest mTRE between runs "
         f"{s['frame_invariance']['max_mtre_between_runs_mm']:.3f} mm.",
         "",

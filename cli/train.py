@@ -36,6 +36,9 @@ def recon(
     lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up + cosine)."),
     base_channels: int = typer.Option(16, help="U-Net width (CPU 16; GPU 32-64)."),
     levels: int = typer.Option(4, help="U-Net levels (CPU 4; 256-512 px: 5)."),
+    fine_channels: Optional[int] = typer.Option(None, help="Width of the full-resolution branch (0 = none; default: "
+                                                           "the --init model's, else 0). Added to an --init model "
+                                                           "without one, it starts as a no-op."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
     workers: int = typer.Option(0, help="Data loader worker processes."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
@@ -102,7 +105,7 @@ def recon(
                       resume=resume, monitor="loss", warmup_steps=100)
     train_paths = sorted(data_dir.glob("train*.h5"))
     path = train_recon(train_paths, paths["val"], cfg, init=init, base_channels=base_channels, levels=levels,
-                       augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]))
+                       fine_channels=fine_channels, augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]))
     typer.echo(f"model: {path}")
     typer.echo(f"curves: {out / 'curves.png'}; history: {out / 'history.json'}")
 

@@ -35,6 +35,29 @@ def test_outputs_have_their_shapes_and_bounds(stride):
 def test_config_rejects_sizes_the_unet_cannot_take():
     with pytest.raises(InputError, match="divisible"):
         ReconNetConfig(n_modes=2, levels=4, input_stride=2, image_size=40)
+    with pytest.raises(InputError, match="input_stride 2"):
+        ReconNetConfig(n_modes=2, input_stride=1, fine_channels=8)
+
+
+def test_full_resolution_branch_starts_as_a_no_op_and_learns():
+    torch.manual_seed(0)
+    coarse = ReconNet(tiny_config(input_stride=2))
+    fine = ReconNet(tiny_config(input_stride=2, fine_channels=4))
+    missing, unexpected = fine.load_state_dict(coarse.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.startswith("fine.") for k in missing)
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        a, b = coarse.eval()(x), fine.eval()(x)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    # only the branch trains: one step moves the dense output, not the shape head
+    opt = torch.optim.SGD([p for n, p in fine.named_parameters() if n.startswith("fine.")], lr=0.1)
+    fine.train()
+    fine(x).coords.square().mean().backward()
+    opt.step()
+    with torch.no_grad():
+        c = fine.eval()(x)
+    assert not torch.allclose(c.coords, b.coords) and torch.equal(c.shape_sd, b.shape_sd)
 
 
 def _batch(net, b=4, seed=0):

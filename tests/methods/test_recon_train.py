@@ -61,6 +61,17 @@ def test_training_reads_every_part_and_starts_from_the_initial_model(tmp_path):
     for k, v in start.state_dict().items():
         if v.dtype.is_floating_point:
             assert torch.allclose(net.state_dict()[k], v), k
+    # a full-resolution branch added to the initial model: loaded, still a no-op at lr 0
+    out2 = tmp_path / "run2"
+    r = runner.invoke(app, ["train", "recon", "--out", str(out2), "--data", str(out / "data"), "--epochs", "1",
+                            "--batch-size", "2", "--lr", "0", "--init", str(init), "--fine-channels", "4",
+                            "--no-augment", *TINY])
+    assert r.exit_code == 0, r.output
+    net2, _, _ = load_recon_model(out2 / "recon_model.pt")
+    assert net2.config.fine_channels == 4 and any(k.startswith("fine.") for k in net2.state_dict())
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(net2.eval()(x).coords, start.eval()(x).coords, atol=1e-5)
 
 
 def test_train_file_must_be_a_train_part(tmp_path):

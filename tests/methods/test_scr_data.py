@@ -139,8 +139,11 @@ def test_cli_trains_scr_and_register_scr_checks_the_ct(phantom_dataset, tmp_path
     image = ds[0]["image"][0].numpy()
     r = register_scr(image, ds.camera, out / "scr.pt", ct=root / "ct.nii.gz")
     assert r.world_to_cam.shape == (4, 4)
+    other, _ = _phantom()
+    other.data[0, 0, 0] = 5.0
+    write_volume(tmp_path / "other.nii.gz", other)
     with pytest.raises(InputError, match="not the one the SCR model was trained on"):
-        register_scr(image, ds.camera, out / "scr.pt", ct=root / "other.nii.gz")
+        register_scr(image, ds.camera, out / "scr.pt", ct=tmp_path / "other.nii.gz")
     bad = CliRunner().invoke(app, ["--ct", str(root / "ct.nii.gz"), "--labels", str(root / "labels.nii.gz"),
                                    "--data", str(tmp_path / "nowhere"), "--out", str(out / "x")])
     assert bad.exit_code == 2 and "no manifest.json" in bad.output

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -88,3 +90,19 @@ def test_a_ct_that_explains_only_part_of_the_predictions_is_a_failure_not_a_pose
     ok = solve_joint(pred, uv, cam, ct_points=ct)
     assert ok.success and ok.surface_support > 0.95 and ok.hypothesis_scores
     assert float(mtre_mm(ok.ct_to_cam, ct_to_cam, targets_ct)) < 2.0
+
+
+def test_a_given_ct_to_model_guess_is_a_hypothesis_when_the_alignment_fails():
+    # an alignment that cannot succeed (overlap above 100 % required) stands for
+    # the alignment of the whole CT to a partial, noisy prediction set failing
+    cam, pred, uv, ct, ct_to_cam, targets_ct, _, _ = _case(5, outlier_share=0.1, n=900)
+    world_to_ct = planted_transform(15, lps_flip=True)
+    cfg = JointConfig()
+    cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, min_fitness=1.01))
+    bad = solve_joint(pred, uv, cam, ct_points=ct, config=cfg)
+    assert not bad.success and "aligning the CT surface" in bad.reason
+    # the guess (here the true CT-to-model map, the model frame being the world) carries the solve
+    res = solve_joint(pred, uv, cam, ct_points=ct, ct_to_model_init=np.linalg.inv(world_to_ct), config=cfg)
+    assert res.success, res.reason
+    assert float(mtre_mm(res.ct_to_cam, ct_to_cam, targets_ct)) < 2.0
+    assert len(res.hypothesis_scores) == 1

@@ -249,8 +249,11 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
         log_sigma: ``(N,)`` predicted log-variances, optional (see :mod:`~xrecon.solve.pnp`).
         ct_points: ``(M, 3)`` CT bone surface points in the CT frame, optional.
         ct_normals: ``(M, 3)`` their normals (estimated when omitted).
-        ct_to_model_init: ``(4, 4)`` extra starting guess for the alignment (e.g.
-            the identity when the model frame *is* the CT frame).
+        ct_to_model_init: ``(4, 4)`` a guess of the CT-to-model similarity (e.g.
+            the identity when the model frame *is* the CT frame, or the CT aligned
+            to a whole reconstructed shape): a start for the alignment and also a
+            hypothesis of its own; with it, a failed alignment to the predictions
+            is not fatal.
         config: :class:`JointConfig`.
 
     Returns:
@@ -300,7 +303,7 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
     inl = pnp.inliers
     align = align_surfaces(ct, p[inl], config=cfg.align, init_src_to_dst=ct_to_model_init)
     res.align = align
-    if not align.success:
+    if not align.success and ct_to_model_init is None:
         return done(f"aligning the CT surface to the predicted points failed: {align.reason}")
     tree = cKDTree(ct)
     normals = _ct_normals(ct, ct_nrm, tree) if cfg.refine else None
@@ -309,7 +312,16 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
     spacing = float(np.median(tree.query(ct[:: max(1, len(ct) // 2000)], k=2)[0][:, 1]))
     res.support_distance_mm = max(cfg.snap_distance_mm, 3.0 * _prediction_noise_mm(pnp, p, uv, K)) + spacing
     alignments = [U for U, fitness, _ in align.candidates if fitness >= cfg.align.min_fitness]
-    alignments = (alignments or [align.src_to_dst])[: max(1, cfg.hypotheses)]
+    alignments = (alignments or ([align.src_to_dst] if align.success else []))[: max(1, cfg.hypotheses)]
+    if ct_to_model_init is not None:
+        # the caller's guess is a hypothesis of its own, not only a start for the
+        # alignment: aligning the whole CT to the *visible* predictions with a free
+        # scale can drift (or fail) where a guess from more of the surface is right
+        init = np.asarray(ct_to_model_init, np.float64)
+        centre = ct.mean(0)
+        if all(np.linalg.norm(_apply(init, centre) - _apply(U, centre)) > 1.0
+               or np.abs(init[:3, :3] - U[:3, :3]).max() > 1e-3 for U in alignments):
+            alignments.append(init)
     hyps, failures = [], []
     for ct_to_model in alignments:
         h = _pose_hypothesis(ct_to_model, p, uv, w, inl, K, ct, normals, tree, cfg, res.support_distance_mm)

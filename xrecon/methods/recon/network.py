@@ -32,7 +32,7 @@ from torch import nn
 
 from xrecon.errors import InputError, ShapeError
 from xrecon.methods.scr.network import standardize_image
-from xrecon.methods.scr.unet import UNet
+from xrecon.methods.scr.unet import ConvBlock, UNet, _norm
 
 #: Range of the predicted log sigma (normalised units): sigma in [scale * e^-6, scale * e^1].
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -6.0, 1.0
@@ -53,6 +53,14 @@ class ReconNetConfig:
         coord_scale_mm: canonical millimetres per normalised unit.
         b_max: bound of the shape coefficients (SD).
         shape_hidden: width of the shape head's hidden layer.
+        fine_channels: width of an optional full-resolution branch (with
+            ``input_stride=2``; 0 = none): the image at full resolution and the
+            last decoder features, upsampled, go through one convolution block
+            whose output *adds* a correction to the upsampled dense output. Its
+            last layer starts at zero, so a network trained without the branch
+            loads into one with it and gives the same outputs until fine-tuned
+            (the bone's outline, where the half-resolution output is worst, is
+            what it is for).
     """
 
     n_modes: int
@@ -64,10 +72,14 @@ class ReconNetConfig:
     coord_scale_mm: float = 100.0
     b_max: float = 3.0
     shape_hidden: int = 128
+    fine_channels: int = 0
 
     def __post_init__(self):
         if self.n_modes < 1:
             raise InputError(f"n_modes must be >= 1, got {self.n_modes}")
+        if self.fine_channels < 0 or (self.fine_channels and self.input_stride != 2):
+            raise InputError("fine_channels (a full-resolution branch) must be >= 0 and needs input_stride 2, got "
+                             f"{self.fine_channels} with input_stride {self.input_stride}")
         if self.image_size % (self.input_stride * 2 ** (self.levels - 1)):
             raise InputError(f"image_size {self.image_size} must be divisible by input_stride * 2**(levels-1)")
 
@@ -119,13 +131,25 @@ class ReconNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(config.shape_hidden, config.n_modes),
         )
+        self.fine = None
+        if config.fine_channels:
+            f = config.fine_channels
+            self.fine = nn.ModuleDict({
+                "image": nn.Sequential(nn.Conv2d(1, f, 3, padding=1, bias=False), _norm(f), nn.ReLU(inplace=True)),
+                "up": nn.ConvTranspose2d(config.base_channels, f, 2, stride=2),
+                "block": ConvBlock(2 * f, f),
+                "head": nn.Conv2d(f, N_DENSE_CHANNELS, 1),
+            })
+            nn.init.zeros_(self.fine["head"].weight)
+            nn.init.zeros_(self.fine["head"].bias)
         self.register_buffer("centre_mm", torch.tensor(config.coord_centre_mm, dtype=torch.float32))
         self.register_buffer("scale_mm", torch.tensor(float(config.coord_scale_mm)))
 
     def forward(self, image: torch.Tensor) -> ReconOutput:
         if image.ndim != 4 or image.shape[1] != 1:
             raise ShapeError("image", "(B, 1, H, W)", tuple(image.shape))
-        feats = self.unet.encode(standardize_image(image))
+        image = standardize_image(image)
+        feats = self.unet.encode(image)
         x = feats[-1]
         shape_raw = self.shape_head(x)
         for up, dec, skip in zip(self.unet.upsamplers, self.unet.decoders, reversed(feats[:-1])):
@@ -133,6 +157,9 @@ class ReconNet(nn.Module):
         dense = self.unet.head(x)
         if dense.shape[-2:] != image.shape[-2:]:
             dense = torch.nn.functional.interpolate(dense, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        if self.fine is not None:
+            f = self.fine
+            dense = dense + f["head"](f["block"](torch.cat([f["up"](x), f["image"](image)], dim=1)))
         b, _, h, w = dense.shape
         half, mid = 0.5 * (LOG_SIGMA_MAX - LOG_SIGMA_MIN), 0.5 * (LOG_SIGMA_MAX + LOG_SIGMA_MIN)
         log_sigma = mid + half * torch.tanh((dense[:, 6:8] - mid) / half)

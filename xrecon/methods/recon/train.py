@@ -8,6 +8,7 @@ validation checkpoint, with the command that made it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -43,7 +44,7 @@ def _dataset_facts(path: Path) -> dict:
 def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path, config: TrainConfig, *,
                 base_channels: int = 16, levels: int = 4, n_loss_vertices: int = 500, augment=None,
                 model_out: str | Path | None = None, command: str | None = None,
-                init: str | Path | None = None) -> Path:
+                init: str | Path | None = None, fine_channels: int | None = None) -> Path:
     """Train on ``train_h5`` (validate on ``val_h5``) and write the model file.
 
     Args:
@@ -60,6 +61,10 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
             run (fine-tuning with a fresh optimiser and schedule); ignored when
             the run resumes from its own ``last.pt``. Its network settings win
             over ``base_channels`` / ``levels``.
+        fine_channels: width of the full-resolution branch
+            (:class:`~xrecon.methods.recon.network.ReconNetConfig`); ``None`` keeps
+            the initial model's (0 without ``init``). With ``init``, a branch the
+            initial model lacks is added, starting as a no-op.
 
     Returns the model file path (written by rank 0; other ranks return the same path).
     """
@@ -83,17 +88,26 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
             raise InputError(f"this part has another shape model or image size than {train_files[0]}", f["path"])
     size = int(facts["train"]["config"]["image_size"])
     net_cfg = ReconNetConfig(n_modes=space.n_modes, base_channels=base_channels, levels=levels, image_size=size,
-                             coord_centre_mm=tuple(float(c) for c in space.centre_mm), coord_scale_mm=100.0)
+                             coord_centre_mm=tuple(float(c) for c in space.centre_mm), coord_scale_mm=100.0,
+                             fine_channels=fine_channels or 0)
     start = None
     if init is not None and not (config.resume and (Path(config.out_dir) / "checkpoints" / "last.pt").exists()):
         start, _space, _info = load_recon_model(init)
         if _space.fingerprint != space.fingerprint or start.config.image_size != size:
             raise InputError("the initial model was trained for another shape model or image size", init)
         net_cfg = start.config
+        if fine_channels is not None and fine_channels != net_cfg.fine_channels:
+            if net_cfg.fine_channels:
+                raise InputError(f"the initial model has a full-resolution branch of width {net_cfg.fine_channels}; "
+                                 f"it cannot change to {fine_channels}", init)
+            net_cfg = dataclasses.replace(net_cfg, fine_channels=fine_channels)
     torch.manual_seed(config.seed)
     net = ReconNet(net_cfg)
     if start is not None:
-        net.load_state_dict(start.state_dict())
+        missing, unexpected = net.load_state_dict(start.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("fine.") for k in missing):
+            raise InputError(f"the initial model's weights do not fit this network (missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]})", init)
     vids = space.vertex_subset(n_loss_vertices, seed=0)
     loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net_cfg.coord_scale_mm,
                      ReconLossWeights())
