@@ -118,3 +118,19 @@ def test_a_pose_outside_the_training_depths_is_low_confidence(scene):
     assert ok.success and ok.confident, ok.notes
     assert far.success and not far.confident
     assert any("outside the training range" in n for n in far.notes)
+
+
+def test_a_small_visible_patch_is_low_confidence(scene):
+    space, b, inst, cam, m2c, tg = scene
+    full = reconstruct_from_prediction(oracle(scene), space, cam)
+    assert full.success and full.confident and full.coverage > 0.3, (full.coverage, full.notes)
+    # keep the correspondences of a 5 x 5 pixel patch of the bone only
+    pred = oracle(scene)
+    v0, u0 = np.argwhere(tg.mask)[len(np.argwhere(tg.mask)) // 2]
+    near = (np.abs(pred.uv[:, 0] - u0) <= 2) & (np.abs(pred.uv[:, 1] - v0) <= 2)
+    patch = DensePrediction(pred.canonical_mm[near], pred.uv[near], pred.sigma_mm[near], pred.surface[near],
+                            pred.mask_prob, pred.shape_sd, pred.net_camera)
+    rec = reconstruct_from_prediction(patch, space, cam, ReconConfig(min_inliers=6))
+    assert rec.success and rec.coverage < 0.05 and not rec.confident
+    assert any("shows little of the bone" in n for n in rec.notes)
+    assert rec.summary()["coverage"] == rec.coverage
