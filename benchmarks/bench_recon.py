@@ -44,16 +44,19 @@ RESULTS = ROOT / "benchmarks" / "results"
 log = logging.getLogger("bench_recon")
 
 
-def percentiles(x) -> dict:
-    """p25 / median / p95 with failed cases (NaN) sorted as +inf, as in every
-    seed table (:mod:`xrecon.metrics.aggregate`); mean and std over the
-    finite cases, ``n_failed`` says how many were left out of those."""
+def percentiles(x, failed_as_inf: bool = True) -> dict:
+    """p25 / median / p95 / mean / std of per-case values. An error of a failed
+    case (NaN) sorts as +inf, as in every seed table (:mod:`xrecon.metrics.aggregate`);
+    mean and std are over the finite cases, and ``n_failed`` says how many were
+    left out of those. ``failed_as_inf=False`` is for quantities where NaN means
+    "not applicable" (times, ratios): statistics over the finite values only."""
     from xrecon.metrics.aggregate import summarize
 
     x = np.asarray(x, np.float64)
     out = {"n": int(len(x)), "n_failed": int((~np.isfinite(x)).sum())}
-    if len(x):
-        s = summarize(x, ())
+    ok = x if failed_as_inf else x[np.isfinite(x)]
+    if len(ok):
+        s = summarize(ok, ())
         out.update({"p25": s.p25, "median": s.p50, "p95": s.p95, "mean": s.mean, "std": s.std})
     return out
 
@@ -186,6 +189,7 @@ def main(argv=None) -> int:
             aligned = sim.apply(rec.vertices_model)
             c["similarity_assd_mm"] = surface_distance((aligned, faces), (truth_model, faces), 5000).assd
             c["size_ratio_pred_over_true"] = 1.0 / float(sim.scale)
+            c["coverage"] = rec.coverage
             c["size_sd_error"] = float(rec.shape_sd[0] - shape_sd[i][0])
             c["depth_error_mm"] = float(rec.vertices_cam[:, 2].mean() - truth_cam[:, 2].mean())
             # one view fixes the shape only up to a scaling about the X-ray source: with
@@ -243,7 +247,7 @@ def main(argv=None) -> int:
                "depth_error_mm": (float(((targets @ reg.ct_to_cam[:3, :3].T + reg.ct_to_cam[:3, 3])[:, 2]
                                          - (targets @ truth[:3, :3].T + truth[:3, 3])[:, 2]).mean())
                                   if reg.success else float("nan")),
-               "scale_recon_over_ct": reg.scale}
+               "scale_recon_over_ct": reg.scale, "reason": reg.reason, "notes": reg.notes}
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()
             refined, rinfo = refine_pose(images[i], Camera(K[i], np.eye(4), size, size, spacing),
@@ -297,22 +301,26 @@ def main(argv=None) -> int:
             "baseline_mean_shape_true_pose_assd_mm": percentiles(base),
             "posed_depth_fixed_assd_mm": percentiles(col(cases, "posed_depth_fixed_assd_mm")),
             "baseline_mean_shape_similarity_assd_mm": percentiles(col(cases, "baseline_mean_shape_similarity_assd_mm")),
+            # from the medians in the table (a failed reconstruction counts as +inf)
             "improvement_depth_fixed_over_baseline_median": (
-                1 - np.nanmedian(col(cases, "posed_depth_fixed_assd_mm")) / np.nanmedian(base)) if n else None,
+                1 - percentiles(col(cases, "posed_depth_fixed_assd_mm"))["median"]
+                / percentiles(base)["median"]) if n else None,
             "improvement_shape_over_mean_shape_median": (
-                1 - np.nanmedian(col(cases, "similarity_assd_mm"))
-                / np.nanmedian(col(cases, "baseline_mean_shape_similarity_assd_mm"))) if n else None,
-            "improvement_over_baseline_median": (1 - np.nanmedian(posed) / np.nanmedian(base)) if n else None,
-            "size_ratio_pred_over_true": percentiles(col(cases, "size_ratio_pred_over_true")),
+                1 - percentiles(col(cases, "similarity_assd_mm"))["median"]
+                / percentiles(col(cases, "baseline_mean_shape_similarity_assd_mm"))["median"]) if n else None,
+            "improvement_over_baseline_median": (
+                1 - percentiles(posed)["median"] / percentiles(base)["median"]) if n else None,
+            "size_ratio_pred_over_true": percentiles(col(cases, "size_ratio_pred_over_true"), failed_as_inf=False),
+            "coverage": percentiles(col(cases, "coverage"), failed_as_inf=False),
             "depth_error_mm": percentiles(np.abs(col(cases, "depth_error_mm"))),
             "success_rate": float(np.mean([c["success"] for c in cases])),
             "confident_rate": float(np.mean([c["confident"] for c in cases])),
-            "time_per_image_s": percentiles(col(cases, "time_s")),
+            "time_per_image_s": percentiles(col(cases, "time_s"), failed_as_inf=False),
         },
         "registration": {
             "mtre_mm": percentiles(col(reg_rows, "mtre_mm")),
             "gfr10": gfr(col(reg_rows, "mtre_mm"), 10.0), "gfr5": gfr(col(reg_rows, "mtre_mm"), 5.0),
-            "time_per_case_s": percentiles(col(reg_rows, "time_s")),
+            "time_per_case_s": percentiles(col(reg_rows, "time_s"), failed_as_inf=False),
             "projected_mtre_mm": percentiles(col(reg_rows, "projected_mtre_mm")),
             "abs_depth_error_mm": percentiles(np.abs(col(reg_rows, "depth_error_mm"))),
             "refined_subset": {
@@ -322,7 +330,8 @@ def main(argv=None) -> int:
                 "gfr10_after": gfr(col([r for r in reg_rows if "refined_mtre_mm" in r], "refined_mtre_mm"), 10.0),
                 "projected_mtre_after_mm": percentiles(col([r for r in reg_rows if "refined_mtre_mm" in r],
                                                            "refined_projected_mtre_mm")),
-                "time_per_case_s": percentiles(col([r for r in reg_rows if "refined_mtre_mm" in r], "refine_time_s")),
+                "time_per_case_s": percentiles(col([r for r in reg_rows if "refined_mtre_mm" in r], "refine_time_s"),
+                                               failed_as_inf=False),
             },
         },
         "frame_invariance": {"cases": inv_rows,

@@ -38,7 +38,8 @@ def recon(
     levels: int = typer.Option(4, help="U-Net levels (CPU 4; 256-512 px: 5)."),
     fine_channels: Optional[int] = typer.Option(None, help="Width of the full-resolution branch (0 = none; default: "
                                                            "the --init model's, else 0). Added to an --init model "
-                                                           "without one, it starts as a no-op."),
+                                                           "without one, it starts as a no-op; an --init model's "
+                                                           "branch cannot be removed or resized."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
     workers: int = typer.Option(0, help="Data loader worker processes."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),

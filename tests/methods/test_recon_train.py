@@ -72,6 +72,12 @@ def test_training_reads_every_part_and_starts_from_the_initial_model(tmp_path):
     x = torch.randn(1, 1, 32, 32)
     with torch.no_grad():
         assert torch.allclose(net2.eval()(x).coords, start.eval()(x).coords, atol=1e-5)
+    # resuming that run (one more epoch, no --init) rebuilds the network it started with
+    r = runner.invoke(app, ["train", "recon", "--out", str(out2), "--data", str(out / "data"), "--epochs", "2",
+                            "--batch-size", "2", "--lr", "0", "--no-augment", *TINY])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads((out2 / "history.json").read_text())) == 2
+    assert load_recon_model(out2 / "recon_model.pt")[0].config.fine_channels == 4
 
 
 def test_train_file_must_be_a_train_part(tmp_path):

@@ -7,6 +7,7 @@ import torch
 from .solve_scenes import apply, bone_like_points, planted_transform
 from xrecon.geometry import Camera, se3
 from xrecon.metrics.registration import mtre_mm
+from xrecon.errors import InputError
 from xrecon.solve.joint import JointConfig, solve_joint
 
 
@@ -95,14 +96,22 @@ def test_a_ct_that_explains_only_part_of_the_predictions_is_a_failure_not_a_pose
 def test_a_given_ct_to_model_guess_is_a_hypothesis_when_the_alignment_fails():
     # an alignment that cannot succeed (overlap above 100 % required) stands for
     # the alignment of the whole CT to a partial, noisy prediction set failing
-    cam, pred, uv, ct, ct_to_cam, targets_ct, _, _ = _case(5, outlier_share=0.1, n=900)
-    world_to_ct = planted_transform(15, lps_flip=True)
+    cam, pred, uv, ct, ct_to_cam, targets_ct, world_to_cam, _ = _case(5, outlier_share=0.1, n=900)
+    model_to_ct = np.linalg.inv(ct_to_cam) @ world_to_cam  # the predictions' model frame is the world
     cfg = JointConfig()
     cfg = dataclasses.replace(cfg, align=dataclasses.replace(cfg.align, min_fitness=1.01))
     bad = solve_joint(pred, uv, cam, ct_points=ct, config=cfg)
     assert not bad.success and "aligning the CT surface" in bad.reason
-    # the guess (here the true CT-to-model map, the model frame being the world) carries the solve
-    res = solve_joint(pred, uv, cam, ct_points=ct, ct_to_model_init=np.linalg.inv(world_to_ct), config=cfg)
+    # the guess (the true CT-to-model map) carries the solve, and says so
+    res = solve_joint(pred, uv, cam, ct_points=ct, ct_to_model_init=np.linalg.inv(model_to_ct), config=cfg)
     assert res.success, res.reason
+    assert res.from_guess and not res.align.success and len(res.hypothesis_scores) == 1
     assert float(mtre_mm(res.ct_to_cam, ct_to_cam, targets_ct)) < 2.0
-    assert len(res.hypothesis_scores) == 1
+    # a wrong guess (a quarter turn off) is refused, not returned as a pose
+    turn = np.eye(4)
+    turn[:3, :3] = se3.from_euler(torch.tensor([90.0, 0.0, 0.0]), torch.zeros(3)).numpy()[:3, :3]
+    wrong = solve_joint(pred, uv, cam, ct_points=ct, ct_to_model_init=turn @ np.linalg.inv(model_to_ct), config=cfg)
+    assert not wrong.success and np.isnan(wrong.ct_to_cam).all()
+    # a guess that is no similarity is bad input
+    with pytest.raises(InputError, match="ct_to_model_init"):
+        solve_joint(pred, uv, cam, ct_points=ct, ct_to_model_init=np.full((4, 4), np.nan))

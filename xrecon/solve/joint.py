@@ -26,7 +26,7 @@ With a CT (:func:`solve_joint`):
    ``model_to_ct @ p_i`` to the CT surface, in units of ``sigma_mm``; both
    weighted by the confidences, nearest-surface matches re-found between rounds;
 5. steps 3-4 run for up to ``hypotheses`` distinct CT alignments (the 3D
-   alignment's refined candidates); the one whose surface lies closest to the
+   alignment's refined candidates, plus a caller's guess); the one whose surface lies closest to the
    PnP-inlier predictions wins;
 6. checks, so a wrong alignment is reported rather than returned: the winning
    CT surface must support at least ``min_surface_support`` of the predictions
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xrecon.errors import ShapeError
+from xrecon.errors import InputError, ShapeError
 from xrecon.solve.align3d import AlignConfig, AlignResult, align_surfaces
 from xrecon.solve.pnp import PnPConfig, PnPResult, intrinsics_matrix, reprojection_errors_px, solve_pnp
 
@@ -73,7 +73,8 @@ class JointConfig:
         max_refine_points: the joint refinement uses at most this many inlier
             predictions (a seeded random subset; its cost is linear in them).
         hypotheses: at most this many distinct CT alignments (the 3D
-            alignment's refined candidates, best overlap first) are each taken
+            alignment's refined candidates, best overlap first; plus the
+            caller's ``ct_to_model_init`` when it differs from all of them) are each taken
             through the CT PnP and the joint refinement, and scored by the
             truncated surface residual of the PnP-inlier predictions
             (:attr:`JointResult.hypothesis_scores`); the lowest wins. A partial
@@ -144,6 +145,9 @@ class JointResult:
         support_distance_mm: the distance that counted as "on the surface".
         rejected_ct_to_cam: ``(4, 4)`` the pose a failed support or ambiguity
             check refused (``ct_to_cam`` is then NaN), for diagnostics; None otherwise.
+        from_guess: the winning hypothesis is the caller's ``ct_to_model_init``
+            itself, not one of the alignment's candidates (``align.success`` may
+            then be False: the CT did not align to the predictions alone).
         success, reason, time_s: as for every solver.
     """
 
@@ -164,6 +168,7 @@ class JointResult:
     surface_support: float = float("nan")
     support_distance_mm: float = float("nan")
     rejected_ct_to_cam: np.ndarray | None = None
+    from_guess: bool = False
     success: bool = False
     reason: str = ""
     time_s: float = 0.0
@@ -299,12 +304,14 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
         return done(f"the CT model has {len(ct)} finite points (need 10)")
     ct_nrm = None if ct_normals is None else np.asarray(ct_normals, np.float64)[finite]
 
+    guess = None if ct_to_model_init is None else _check_guess(ct_to_model_init)
     w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64).reshape(-1)
     inl = pnp.inliers
-    align = align_surfaces(ct, p[inl], config=cfg.align, init_src_to_dst=ct_to_model_init)
+    align = align_surfaces(ct, p[inl], config=cfg.align, init_src_to_dst=guess)
     res.align = align
-    if not align.success and ct_to_model_init is None:
-        return done(f"aligning the CT surface to the predicted points failed: {align.reason}")
+    align_failure = "" if align.success else f"aligning the CT surface to the predicted points failed: {align.reason}"
+    if align_failure and guess is None:
+        return done(align_failure)
     tree = cKDTree(ct)
     normals = _ct_normals(ct, ct_nrm, tree) if cfg.refine else None
     # "on the surface": within the snap distance or 3 sigma of the prediction noise,
@@ -313,24 +320,30 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
     res.support_distance_mm = max(cfg.snap_distance_mm, 3.0 * _prediction_noise_mm(pnp, p, uv, K)) + spacing
     alignments = [U for U, fitness, _ in align.candidates if fitness >= cfg.align.min_fitness]
     alignments = (alignments or ([align.src_to_dst] if align.success else []))[: max(1, cfg.hypotheses)]
-    if ct_to_model_init is not None:
+    guess_index = -1
+    bounds = cfg.align.scale_bounds
+    guess_scale = None if guess is None else float(np.cbrt(np.linalg.det(guess[:3, :3])))
+    if guess is not None and (bounds is None or bounds[0] <= guess_scale <= bounds[1]):
         # the caller's guess is a hypothesis of its own, not only a start for the
         # alignment: aligning the whole CT to the *visible* predictions with a free
         # scale can drift (or fail) where a guess from more of the surface is right
-        init = np.asarray(ct_to_model_init, np.float64)
         centre = ct.mean(0)
-        if all(np.linalg.norm(_apply(init, centre) - _apply(U, centre)) > 1.0
-               or np.abs(init[:3, :3] - U[:3, :3]).max() > 1e-3 for U in alignments):
-            alignments.append(init)
+        if not any(_same_similarity(guess, U, centre) for U in alignments):
+            guess_index = len(alignments)
+            alignments.append(guess)
     hyps, failures = [], []
-    for ct_to_model in alignments:
+    for k, ct_to_model in enumerate(alignments):
         h = _pose_hypothesis(ct_to_model, p, uv, w, inl, K, ct, normals, tree, cfg, res.support_distance_mm)
+        if not isinstance(h, str):
+            h.from_guess = k == guess_index
         (failures if isinstance(h, str) else hyps).append(h)
     if not hyps:
-        return done(failures[0])
+        reason = failures[0] if failures else f"the CT-to-model guess has a scale of {guess_scale:.2f}, outside {bounds}"
+        return done(f"{align_failure}; {reason}" if align_failure else reason)
     res.hypothesis_scores = [h.score for h in hyps]
     hyps.sort(key=lambda h: h.score)
     best = hyps[0]
+    res.from_guess = best.from_guess
     res.ct_pnp, res.cost_history = best.ct_pnp, best.cost_history
     res.ct_to_model = _inv_similarity(best.model_to_ct)
     res.scale = float(np.cbrt(np.linalg.det(res.ct_to_model[:3, :3])))
@@ -376,6 +389,30 @@ class _Hypothesis:
     cost_history: list
     score: float
     support: float
+    from_guess: bool = False
+
+
+def _check_guess(T) -> np.ndarray:
+    """``ct_to_model_init`` as a finite ``(4, 4)`` similarity with a positive determinant."""
+    T = np.asarray(T, np.float64)
+    if T.shape != (4, 4):
+        raise ShapeError("ct_to_model_init", "(4, 4)", T.shape)
+    if not np.isfinite(T).all() or not np.linalg.det(T[:3, :3]) > 0:
+        raise InputError("ct_to_model_init must be a finite similarity transform with a positive determinant "
+                         "(a rotation times a scale, no reflection)")
+    return T
+
+
+def _same_similarity(T: np.ndarray, U: np.ndarray, centre: np.ndarray, deg: float = 2.0, mm: float = 2.0,
+                     rel_scale: float = 0.01) -> bool:
+    """Whether two similarities agree: rotations within ``deg``, scales within
+    ``rel_scale``, and ``centre`` mapped within ``mm``."""
+    from scipy.spatial.transform import Rotation
+
+    st, su = float(np.cbrt(np.linalg.det(T[:3, :3]))), float(np.cbrt(np.linalg.det(U[:3, :3])))
+    angle = np.degrees(Rotation.from_matrix((T[:3, :3] / st) @ (U[:3, :3] / su).T).magnitude())
+    return bool(angle <= deg and abs(st / su - 1.0) <= rel_scale
+                and np.linalg.norm(_apply(T, centre) - _apply(U, centre)) <= mm)
 
 
 def _prediction_noise_mm(pnp: PnPResult, p: np.ndarray, uv: np.ndarray, K: np.ndarray) -> float:

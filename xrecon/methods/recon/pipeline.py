@@ -422,6 +422,9 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
                               notes + [reason], timings)
     ct_to_cam, ct_to_model = res.ct_to_cam @ ct_to_canon, res.ct_to_model @ ct_to_canon
     n_used = int(res.inliers.sum())
+    if res.from_guess and not res.align.success:
+        notes.append("the CT did not align to the visible predictions alone; the pose rests on its alignment to "
+                     "the whole reconstructed shape")
     if n_used < config.min_inliers:
         notes.append(f"few CT correspondences ({n_used} < {config.min_inliers})")
     if not (SCALE_CONFIDENT[0] < res.scale < SCALE_CONFIDENT[1]):

@@ -59,7 +59,8 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
         command: the command line to record (default ``sys.argv``).
         init: a model file (:func:`save_recon_model`) whose weights start the
             run (fine-tuning with a fresh optimiser and schedule); ignored when
-            the run resumes from its own ``last.pt``. Its network settings win
+            the run resumes from its own ``last.pt`` (a resumed run rebuilds the
+            network recorded in its ``config.json``). Its network settings win
             over ``base_channels`` / ``levels``.
         fine_channels: width of the full-resolution branch
             (:class:`~xrecon.methods.recon.network.ReconNetConfig`); ``None`` keeps
@@ -91,7 +92,13 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
                              coord_centre_mm=tuple(float(c) for c in space.centre_mm), coord_scale_mm=100.0,
                              fine_channels=fine_channels or 0)
     start = None
-    if init is not None and not (config.resume and (Path(config.out_dir) / "checkpoints" / "last.pt").exists()):
+    resuming = config.resume and (Path(config.out_dir) / "checkpoints" / "last.pt").exists()
+    if resuming and (Path(config.out_dir) / "config.json").is_file():
+        # the checkpoint's network is the one the run started with (e.g. from --init), not the defaults
+        run_info = json.loads((Path(config.out_dir) / "config.json").read_text()).get("run_info", {})
+        if "net_config" in run_info:
+            net_cfg = ReconNetConfig.from_dict(run_info["net_config"])
+    if init is not None and not resuming:
         start, _space, _info = load_recon_model(init)
         if _space.fingerprint != space.fingerprint or start.config.image_size != size:
             raise InputError("the initial model was trained for another shape model or image size", init)
