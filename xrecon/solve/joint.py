@@ -26,8 +26,8 @@ With a CT (:func:`solve_joint`):
    ``model_to_ct @ p_i`` to the CT surface, in units of ``sigma_mm``; both
    weighted by the confidences, nearest-surface matches re-found between rounds;
 5. steps 3-4 run for up to ``hypotheses`` distinct CT alignments (the 3D
-   alignment's refined candidates, plus a caller's guess); the one whose surface lies closest to the
-   PnP-inlier predictions wins;
+   alignment's refined candidates, plus a caller's guess); the one whose
+   surface lies closest to the PnP-inlier predictions wins;
 6. checks, so a wrong alignment is reported rather than returned: the winning
    CT surface must support at least ``min_surface_support`` of the predictions
    (a partial view of a spine aligned one level off leaves a quarter or more of
@@ -338,7 +338,8 @@ def solve_joint(points_model, points_2d, camera, *, weights=None, log_sigma=None
             h.from_guess = k == guess_index
         (failures if isinstance(h, str) else hyps).append(h)
     if not hyps:
-        reason = failures[0] if failures else f"the CT-to-model guess has a scale of {guess_scale:.2f}, outside {bounds}"
+        reason = failures[0] if failures else (f"the CT-to-model guess has a scale of {guess_scale:.2f}, "
+                                               f"outside {bounds}")
         return done(f"{align_failure}; {reason}" if align_failure else reason)
     res.hypothesis_scores = [h.score for h in hyps]
     hyps.sort(key=lambda h: h.score)
