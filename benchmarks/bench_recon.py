@@ -285,8 +285,15 @@ def main(argv=None) -> int:
     def col(rows, key):
         return [r.get(key, float("nan")) for r in rows]
 
-    posed = col(cases, "posed_assd_mm")
-    base = col(cases, "baseline_mean_shape_assd_mm")
+    assd = {"posed_assd_mm": percentiles(col(cases, "posed_assd_mm")),
+            "similarity_aligned_assd_mm": percentiles(col(cases, "similarity_assd_mm")),
+            "baseline_mean_shape_true_pose_assd_mm": percentiles(col(cases, "baseline_mean_shape_assd_mm")),
+            "posed_depth_fixed_assd_mm": percentiles(col(cases, "posed_depth_fixed_assd_mm")),
+            "baseline_mean_shape_similarity_assd_mm": percentiles(col(cases, "baseline_mean_shape_similarity_assd_mm"))}
+
+    def improvement(key, baseline_key):
+        return 1 - assd[key]["median"] / assd[baseline_key]["median"] if n else None
+
     summary = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU (shared 2-core machine)",
@@ -296,20 +303,13 @@ def main(argv=None) -> int:
         "model": {"file": str(args.model or DEFAULT_MODEL), "command": info.get("command"),
                   "epochs": info.get("epochs_run")},
         "reconstruction": {
-            "posed_assd_mm": percentiles(posed),
-            "similarity_aligned_assd_mm": percentiles(col(cases, "similarity_assd_mm")),
-            "baseline_mean_shape_true_pose_assd_mm": percentiles(base),
-            "posed_depth_fixed_assd_mm": percentiles(col(cases, "posed_depth_fixed_assd_mm")),
-            "baseline_mean_shape_similarity_assd_mm": percentiles(col(cases, "baseline_mean_shape_similarity_assd_mm")),
+            **assd,
             # from the medians in the table (a failed reconstruction counts as +inf)
-            "improvement_depth_fixed_over_baseline_median": (
-                1 - percentiles(col(cases, "posed_depth_fixed_assd_mm"))["median"]
-                / percentiles(base)["median"]) if n else None,
-            "improvement_shape_over_mean_shape_median": (
-                1 - percentiles(col(cases, "similarity_assd_mm"))["median"]
-                / percentiles(col(cases, "baseline_mean_shape_similarity_assd_mm"))["median"]) if n else None,
-            "improvement_over_baseline_median": (
-                1 - percentiles(posed)["median"] / percentiles(base)["median"]) if n else None,
+            "improvement_depth_fixed_over_baseline_median": improvement("posed_depth_fixed_assd_mm",
+                                                                        "baseline_mean_shape_true_pose_assd_mm"),
+            "improvement_shape_over_mean_shape_median": improvement("similarity_aligned_assd_mm",
+                                                                    "baseline_mean_shape_similarity_assd_mm"),
+            "improvement_over_baseline_median": improvement("posed_assd_mm", "baseline_mean_shape_true_pose_assd_mm"),
             "size_ratio_pred_over_true": percentiles(col(cases, "size_ratio_pred_over_true"), failed_as_inf=False),
             "coverage": percentiles(col(cases, "coverage"), failed_as_inf=False),
             "depth_error_mm": percentiles(np.abs(col(cases, "depth_error_mm"))),
