@@ -22,6 +22,11 @@ ground truth, keeping the network's shape coefficients, and writes
 bench_recon_truth_correspondences.*: what the solvers reach when the
 correspondences are exact, i.e. how much of the error the network causes.
 
+Thresholds (``ReconConfig.min_coverage``) are chosen on the validation split:
+``--split val`` runs the same protocol on the validation subjects (poses seed
+2000) and writes bench_recon_val.*, with each pose's rotation error and
+coverage and the list of gross pose errors.
+
 Writes benchmarks/results/bench_recon.{json,md,png}. Simulated data only.
 """
 from __future__ import annotations
@@ -42,6 +47,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 log = logging.getLogger("bench_recon")
+#: a reconstruction's rotation error above this counts as a gross pose error (the
+#: coverage threshold ReconConfig.min_coverage is read off these cases)
+GROSS_ROTATION_DEG = 15.0
 
 
 def percentiles(x, failed_as_inf: bool = True) -> dict:
@@ -99,7 +107,10 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default=None, help="results file name (default: bench_recon, with suffixes for "
                                                   "--quick / --refine-similarity / --correspondences)")
     ap.add_argument("--model", default=None, help="model file (default: the shipped weights)")
-    ap.add_argument("--views", type=int, default=3, help="views per test subject")
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="subjects: the held-out test split (the reported figures) or the validation split (where "
+                         "thresholds are chosen; writes bench_recon_val.*)")
+    ap.add_argument("--views", type=int, default=3, help="views per subject")
     ap.add_argument("--n-register", type=int, default=24, help="cases registered to their CT")
     ap.add_argument("--n-refine", type=int, default=6, help="registered cases refined by intensity")
     ap.add_argument("--n-frames-cases", type=int, default=2, help="cases registered in 5 CT frames")
@@ -135,9 +146,10 @@ def main(argv=None) -> int:
     from xrecon.solve.align3d import umeyama
 
     net, space, info = load_recon_model(args.model)
-    data_cfg = ReconDataConfig(split="test", views_per_shape=args.views, protocol="seed002", seed=1000,
-                               n_shapes=3 if args.quick else None)
-    data_path = Path(args.data) / f"test_{space.fingerprint}_{args.views}v{'_quick' if args.quick else ''}.h5"
+    # poses of the test set: seed 1000; of the validation set: seed 2000 (neither is a training seed)
+    data_cfg = ReconDataConfig(split=args.split, views_per_shape=args.views, protocol="seed002",
+                               seed=1000 if args.split == "test" else 2000, n_shapes=3 if args.quick else None)
+    data_path = Path(args.data) / f"{args.split}_{space.fingerprint}_{args.views}v{'_quick' if args.quick else ''}.h5"
     if not data_path.is_file():
         log.info("simulating the test set into %s", data_path)
         generate_dataset(data_path, data_cfg)
@@ -190,6 +202,8 @@ def main(argv=None) -> int:
             c["similarity_assd_mm"] = surface_distance((aligned, faces), (truth_model, faces), 5000).assd
             c["size_ratio_pred_over_true"] = 1.0 / float(sim.scale)
             c["coverage"] = rec.coverage
+            dR = rec.model_to_cam[:3, :3] @ T[:3, :3].T
+            c["rotation_error_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))))
             c["size_sd_error"] = float(rec.shape_sd[0] - shape_sd[i][0])
             c["depth_error_mm"] = float(rec.vertices_cam[:, 2].mean() - truth_cam[:, 2].mean())
             # one view fixes the shape only up to a scaling about the X-ray source: with
@@ -297,8 +311,8 @@ def main(argv=None) -> int:
     summary = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU (shared 2-core machine)",
-        "data": (f"bundled pelvis shape model (articulated-ssm), test split: {len(set(subject.tolist()))} held-out "
-                 f"subjects x {args.views} seed-002 poses, CT-like phantoms (xrecon.anatomy.phantom), DRR 128 px "
+        "data": (f"bundled pelvis shape model (articulated-ssm), {args.split} split: {len(set(subject.tolist()))} "
+                 f"held-out subjects x {args.views} seed-002 poses, CT-like phantoms (xrecon.anatomy.phantom), DRR 128 px "
                  "(cpu128 detector); simulated, no real X-rays"),
         "model": {"file": str(args.model or DEFAULT_MODEL), "command": info.get("command"),
                   "epochs": info.get("epochs_run")},
@@ -312,6 +326,13 @@ def main(argv=None) -> int:
             "improvement_over_baseline_median": improvement("posed_assd_mm", "baseline_mean_shape_true_pose_assd_mm"),
             "size_ratio_pred_over_true": percentiles(col(cases, "size_ratio_pred_over_true"), failed_as_inf=False),
             "coverage": percentiles(col(cases, "coverage"), failed_as_inf=False),
+            "rotation_error_deg": percentiles(col(cases, "rotation_error_deg")),
+            # what ReconConfig.min_coverage is calibrated on: the gross pose errors and their coverage
+            "gross_pose_errors": [{"index": c["index"], "rotation_error_deg": round(c["rotation_error_deg"], 1),
+                                   "coverage": c["coverage"], "confident": c["confident"]}
+                                  for c in cases if c["success"] and c["rotation_error_deg"] > GROSS_ROTATION_DEG],
+            "lowest_coverage_correct_poses": sorted(c["coverage"] for c in cases if c["success"]
+                                                    and c["rotation_error_deg"] <= GROSS_ROTATION_DEG)[:3],
             "depth_error_mm": percentiles(np.abs(col(cases, "depth_error_mm"))),
             "success_rate": float(np.mean([c["success"] for c in cases])),
             "confident_rate": float(np.mean([c["confident"] for c in cases])),
@@ -321,6 +342,10 @@ def main(argv=None) -> int:
             "mtre_mm": percentiles(col(reg_rows, "mtre_mm")),
             "gfr10": gfr(col(reg_rows, "mtre_mm"), 10.0), "gfr5": gfr(col(reg_rows, "mtre_mm"), 5.0),
             "time_per_case_s": percentiles(col(reg_rows, "time_s"), failed_as_inf=False),
+            # what a user relying on the result's own confidence flag sees
+            "confident_subset": {"n": sum(bool(r.get("confident")) for r in reg_rows),
+                                 "mtre_mm": percentiles([r["mtre_mm"] for r in reg_rows if r.get("confident")]),
+                                 "gfr10": gfr([r["mtre_mm"] for r in reg_rows if r.get("confident")], 10.0)},
             "projected_mtre_mm": percentiles(col(reg_rows, "projected_mtre_mm")),
             "abs_depth_error_mm": percentiles(np.abs(col(reg_rows, "depth_error_mm"))),
             "refined_subset": {
@@ -344,6 +369,8 @@ def main(argv=None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "bench_recon_quick" if args.quick else "bench_recon"
+    if args.split != "test":
+        name += f"_{args.split}"
     if args.correspondences == "truth":
         name += "_truth_correspondences"
     if args.refine_similarity and args.refine_similarity != recon_refine_config().similarity:
@@ -401,12 +428,21 @@ def markdown(s: dict) -> str:
         f"Predicted / true size (median): {fmt(r['size_ratio_pred_over_true'])}; reconstruction success "
         f"{100 * r['success_rate']:.0f} %, flagged confident {100 * r['confident_rate']:.0f} %; "
         f"time per image median {fmt(r['time_per_image_s'])} s.",
+        f"Rotation error of the pose: median {fmt(r['rotation_error_deg'])} deg, p95 "
+        f"{fmt(r['rotation_error_deg'], 'p95')} deg. Gross pose errors (> {GROSS_ROTATION_DEG:.0f} deg): "
+        + (", ".join(f"{e['rotation_error_deg']:.0f} deg at coverage {e['coverage']:.3f}"
+                     f"{' (flagged confident)' if e['confident'] else ''}" for e in r["gross_pose_errors"]) or "none")
+        + "; the lowest coverages of the other poses: " + ", ".join(f"{x:.3f}" for x in r["lowest_coverage_correct_poses"])
+        + ".",
         "",
         "| CT registration | p25 | median | p95 | GFR@10 | GFR@5 | n | failed | s / case |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| before refinement (all) | {fmt(g['mtre_mm'], 'p25')} | {fmt(g['mtre_mm'])} | {fmt(g['mtre_mm'], 'p95')} | "
         f"{100 * g['gfr10']:.1f} % | {100 * g['gfr5']:.1f} % | {g['mtre_mm']['n']} | {g['mtre_mm']['n_failed']} | "
         f"{fmt(g['time_per_case_s'])} |",
+        f"| before refinement (flagged confident) | {fmt(g['confident_subset']['mtre_mm'], 'p25')} | "
+        f"{fmt(g['confident_subset']['mtre_mm'])} | {fmt(g['confident_subset']['mtre_mm'], 'p95')} | "
+        f"{100 * g['confident_subset']['gfr10']:.1f} % | - | {g['confident_subset']['n']} | - | - |",
         f"| before refinement (refined subset) | {fmt(rs['mtre_before_mm'], 'p25')} | {fmt(rs['mtre_before_mm'])} | "
         f"{fmt(rs['mtre_before_mm'], 'p95')} | - | - | {rs['n']} | {rs['mtre_before_mm']['n_failed']} | - |",
         f"| after intensity refinement | {fmt(rs['mtre_after_mm'], 'p25')} | {fmt(rs['mtre_after_mm'])} | "

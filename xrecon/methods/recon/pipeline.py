@@ -67,8 +67,10 @@ class ReconConfig:
         min_coverage: so does a visible part covering less than this share of the
             bone (:attr:`Reconstruction.coverage`): a small patch of bone seen at
             the edge of the image constrains the pose poorly, however well it fits
-            (on the benchmark the two gross pose errors of 20-24 deg had coverages
-            of 0.005 and 0.04; correct poses start near 0.06).
+            (chosen on the validation split, ``benchmarks/bench_recon.py --split
+            val``: the three pose errors above 15 deg had coverages 0.020-0.045,
+            every other pose 0.051 or more; on the test split 0.013 and 0.046
+            against 0.059 and up).
         depth_range_mm: source-to-bone-centroid distances the default network
             was trained on (seed 002's 765 mm +- 3 SD of the depth offsets, and
             the wider protocol's 650-850 mm source distances, with margin); a
