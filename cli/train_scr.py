@@ -35,6 +35,11 @@ def scr(
     levels: int = typer.Option(4, help="U-Net levels (CPU 4; 512 px: 5)."),
     input_stride: int = typer.Option(2, help="2: half-resolution U-Net with dense upsampled output (CPU); "
                                              "1: full resolution (the seed's, for GPUs)."),
+    fine_channels: int = typer.Option(0, help="Width of a full-resolution branch that corrects the upsampled "
+                                              "output (input stride 2 only; 0 = none). With --init it is added "
+                                              "to a model trained without it, starting as a no-op."),
+    init: Optional[Path] = typer.Option(None, "--init", help="SCR only: start from the weights of this model file "
+                                                            "(same CT and U-Net size; ignored when resuming)."),
     beta: float = typer.Option(0.0, help="beta-NLL exponent of the SCR likelihood (0 = seed 002's loss; "
                                          "0.5 trains faster on a CPU budget)."),
     val_fraction: float = typer.Option(0.05, help="Share of the dataset held out for validation."),
@@ -79,8 +84,8 @@ def scr(
             setup.train_set, setup.val_set, normalizer=setup.normalizer, camera=setup.camera,
             targets_world=setup.targets_world, target_names=setup.target_names, train_config=cfg,
             net_config=SCRNetConfig(base_channels=base_channels, levels=levels, input_stride=input_stride,
-                                    beta=beta, val_max_images=val_images),
-            ct_info=setup.ct_info, run_info=run_info)
+                                    fine_channels=fine_channels, beta=beta, val_max_images=val_images),
+            ct_info=setup.ct_info, run_info=run_info, init=init)
     elif method in ("posenet", "landmarks"):
         from xrecon.methods.baselines.train import train_baseline
 

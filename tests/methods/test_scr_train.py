@@ -15,24 +15,25 @@ from _scr_scene import CENTRE_MM, EllipsoidDataset, surface_points  # noqa: E402
 
 from xrecon.errors import InputError  # noqa: E402
 from xrecon.methods.scr.model_io import load_scr_model  # noqa: E402
-from xrecon.methods.scr.network import CoordinateNormalizer  # noqa: E402
+from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet  # noqa: E402
 from xrecon.methods.scr.predict import SCRInferenceConfig, register_scr  # noqa: E402
 from xrecon.methods.scr.train import SCRNetConfig, train_scr  # noqa: E402
+from xrecon.methods.scr.unet import load_adding_branch  # noqa: E402
 from xrecon.train import TrainConfig  # noqa: E402
 
 torch.set_num_threads(1)
 
 
-def _run(out, epochs):
+def _run(out, epochs, net_config=SCRNetConfig(base_channels=8, levels=3), **kw):
     tr, va = EllipsoidDataset(24, seed=0), EllipsoidDataset(4, seed=1)
     cfg = TrainConfig(out_dir=str(out), epochs=epochs, batch_size=8, lr=3e-3, warmup_steps=0, progress=False,
                       num_threads=1, schedule="constant")
     return train_scr(
         tr, va, normalizer=CoordinateNormalizer.from_points(surface_points()), camera=tr.camera[0],
         targets_world=surface_points(8, seed=9), target_names=[f"t{i}" for i in range(8)], train_config=cfg,
-        net_config=SCRNetConfig(base_channels=8, levels=3), inference=SCRInferenceConfig(reproj_threshold_px=2.0),
+        net_config=net_config, inference=SCRInferenceConfig(reproj_threshold_px=2.0),
         ct_info={"path": "<ellipsoid>", "sha256": "0" * 64, "structures": ["ellipsoid"]},
-        run_info={"command": "test"})
+        run_info={"command": "test"}, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +88,26 @@ def test_model_file_round_trip_and_register(trained):
         register_scr(ds.image[0][:16], ds.camera[0], path)
     with pytest.raises(InputError, match="needs the CT"):
         register_scr(ds.image[0], ds.camera[0], path, refine=True)
+
+
+def test_init_adds_a_full_resolution_branch_that_starts_as_a_no_op(trained, tmp_path):
+    _, path, _ = trained
+    start, _ = load_scr_model(path)
+    wide = SceneCoordinateNet(start.normalizer, 8, 3, 2, fine_channels=4)
+    load_adding_branch(wide, start.state_dict(), path)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(wide.eval()(x), start.eval()(x))
+    # fine-tuning from the model adds the branch, trains it, and records it in the model file
+    fine_cfg = SCRNetConfig(base_channels=8, levels=3, fine_channels=4)
+    new_path, result = _run(tmp_path / "fine", 2, fine_cfg, init=path)
+    tuned, info = load_scr_model(new_path)
+    assert info.network["fine_channels"] == 4 and tuned.fine is not None
+    assert tuned.fine.head.weight.abs().sum() > 0  # the zero-initialised head moved
+    assert json.loads((tmp_path / "fine" / "config.json").read_text())["run_info"]["init"] == str(path)
+    # a U-Net of another size cannot start from it
+    with pytest.raises(InputError, match="differs"):
+        _run(tmp_path / "other", 1, SCRNetConfig(base_channels=4, levels=3), init=path)
 
 
 def test_loading_something_else_fails_clearly(tmp_path):

@@ -32,7 +32,7 @@ from torch import nn
 
 from xrecon.errors import InputError, ShapeError
 from xrecon.methods.scr.network import standardize_image
-from xrecon.methods.scr.unet import ConvBlock, UNet, _norm
+from xrecon.methods.scr.unet import FullResolutionBranch, UNet
 
 #: Range of the predicted log sigma (normalised units): sigma in [scale * e^-6, scale * e^1].
 LOG_SIGMA_MIN, LOG_SIGMA_MAX = -6.0, 1.0
@@ -131,17 +131,8 @@ class ReconNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(config.shape_hidden, config.n_modes),
         )
-        self.fine = None
-        if config.fine_channels:
-            f = config.fine_channels
-            self.fine = nn.ModuleDict({
-                "image": nn.Sequential(nn.Conv2d(1, f, 3, padding=1, bias=False), _norm(f), nn.ReLU(inplace=True)),
-                "up": nn.ConvTranspose2d(config.base_channels, f, 2, stride=2),
-                "block": ConvBlock(2 * f, f),
-                "head": nn.Conv2d(f, N_DENSE_CHANNELS, 1),
-            })
-            nn.init.zeros_(self.fine["head"].weight)
-            nn.init.zeros_(self.fine["head"].bias)
+        self.fine = (FullResolutionBranch(1, config.base_channels, config.fine_channels, N_DENSE_CHANNELS)
+                     if config.fine_channels else None)
         self.register_buffer("centre_mm", torch.tensor(config.coord_centre_mm, dtype=torch.float32))
         self.register_buffer("scale_mm", torch.tensor(float(config.coord_scale_mm)))
 
@@ -150,16 +141,11 @@ class ReconNet(nn.Module):
             raise ShapeError("image", "(B, 1, H, W)", tuple(image.shape))
         image = standardize_image(image)
         feats = self.unet.encode(image)
-        x = feats[-1]
-        shape_raw = self.shape_head(x)
-        for up, dec, skip in zip(self.unet.upsamplers, self.unet.decoders, reversed(feats[:-1])):
-            x = dec(torch.cat([up(x), skip], dim=1))
-        dense = self.unet.head(x)
-        if dense.shape[-2:] != image.shape[-2:]:
-            dense = torch.nn.functional.interpolate(dense, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        shape_raw = self.shape_head(feats[-1])
+        x = self.unet.decode(feats)
+        dense = self.unet.output(x, image.shape[-2:])
         if self.fine is not None:
-            f = self.fine
-            dense = dense + f["head"](f["block"](torch.cat([f["up"](x), f["image"](image)], dim=1)))
+            dense = dense + self.fine(x, image)
         b, _, h, w = dense.shape
         half, mid = 0.5 * (LOG_SIGMA_MAX - LOG_SIGMA_MIN), 0.5 * (LOG_SIGMA_MAX + LOG_SIGMA_MIN)
         log_sigma = mid + half * torch.tanh((dense[:, 6:8] - mid) / half)

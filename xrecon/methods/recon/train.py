@@ -26,6 +26,7 @@ from xrecon.methods.recon.loss import ReconLoss, ReconLossWeights
 from xrecon.methods.recon.model_io import load_recon_model, save_recon_model
 from xrecon.methods.recon.network import ReconNet, ReconNetConfig
 from xrecon.methods.recon.shape import ShapeSpace
+from xrecon.methods.scr.unet import load_adding_branch
 from xrecon.train import TrainConfig, load_weights, train
 
 log = logging.getLogger(__name__)
@@ -111,10 +112,7 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
     torch.manual_seed(config.seed)
     net = ReconNet(net_cfg)
     if start is not None:
-        missing, unexpected = net.load_state_dict(start.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("fine.") for k in missing):
-            raise InputError(f"the initial model's weights do not fit this network (missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]})", init)
+        load_adding_branch(net, start.state_dict(), init)
     vids = space.vertex_subset(n_loss_vertices, seed=0)
     loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net_cfg.coord_scale_mm,
                      ReconLossWeights())

@@ -4,7 +4,8 @@ One ``.pt`` file holds everything inference needs, so ``register_scr`` takes a
 single path:
 
 - ``format`` / ``format_version``: ``"xrecon-scr"`` / 1 (checked on load);
-- ``network``: U-Net size (``base_channels``, ``levels``, ``input_stride``);
+- ``network``: U-Net size (``base_channels``, ``levels``, ``input_stride``,
+  ``fine_channels``: 0 or absent = no full-resolution branch);
 - ``state_dict``: weights, including the coordinate normaliser buffers;
 - ``camera``: the training detector at the network's resolution
   (:meth:`xrecon.geometry.Camera.to_dict`; its pose is irrelevant);
@@ -43,7 +44,7 @@ class SCRModelInfo:
     """Everything about a saved model except its weights.
 
     Attributes:
-        network: ``{"base_channels": int, "levels": int, "input_stride": int}``.
+        network: ``{"base_channels": int, "levels": int, "input_stride": int, "fine_channels": int}``.
         camera: the training detector (``Camera``, one view, network resolution).
         ct: ``{"path": str, "sha256": str, "structures": [names]}``.
         targets_world: ``(T, 3)`` mTRE targets (world mm).
@@ -112,7 +113,7 @@ def load_scr_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
         state = payload["state_dict"]
         normalizer = CoordinateNormalizer(tuple(float(c) for c in state["centre_mm"]), float(state["scale_mm"]))
         model = SceneCoordinateNet(normalizer, int(net_cfg["base_channels"]), int(net_cfg["levels"]),
-                                   int(net_cfg.get("input_stride", 1)))
+                                   int(net_cfg.get("input_stride", 1)), int(net_cfg.get("fine_channels", 0)))
         model.load_state_dict(state)
         camera = Camera.from_dict(payload["camera"], path)
     except (KeyError, TypeError, RuntimeError) as exc:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from xrecon.errors import InputError, ShapeError
-from xrecon.methods.scr.unet import UNet
+from xrecon.methods.scr.unet import FullResolutionBranch, UNet
 
 #: Log sigma (normalised units) is squashed into this range: wide enough to
 #: express "no bone here" (sigma ~ e^6 scale) and sub-millimetre confidence.
@@ -96,6 +96,12 @@ class SceneCoordinateNet(nn.Module):
         input_stride: 2 = half-resolution U-Net with a stride-2 stem and a
             bilinear upsampled output (the CPU configuration); 1 = full
             resolution throughout (the seed's set-up, for GPUs).
+        fine_channels: width of a :class:`~xrecon.methods.scr.unet.FullResolutionBranch`
+            (with ``input_stride=2``; 0 = none): a full-resolution correction
+            of the upsampled output, for the chest's thin ribs, whose entry and
+            exit points jump from one structure to another within a pixel or
+            two. Starts as a no-op, so a network without it can be fine-tuned
+            with it.
 
     ``forward`` returns the raw 8-channel map ``(B, 8, H, W)`` in normalised
     units: channels 0-2 entry xyz, 3 entry log sigma, 4-6 exit xyz, 7 exit log
@@ -104,10 +110,15 @@ class SceneCoordinateNet(nn.Module):
     """
 
     def __init__(self, normalizer: CoordinateNormalizer, base_channels: int = 16, levels: int = 4,
-                 input_stride: int = 2):
+                 input_stride: int = 2, fine_channels: int = 0):
         super().__init__()
+        if fine_channels < 0 or (fine_channels and input_stride != 2):
+            raise InputError("fine_channels (a full-resolution branch) must be >= 0 and needs input_stride 2, got "
+                             f"{fine_channels} with input_stride {input_stride}")
         self.unet = UNet(1, 8, base_channels, levels, input_stride)
-        self.config = {"base_channels": base_channels, "levels": levels, "input_stride": input_stride}
+        self.fine = FullResolutionBranch(1, base_channels, fine_channels, 8) if fine_channels else None
+        self.config = {"base_channels": base_channels, "levels": levels, "input_stride": input_stride,
+                       "fine_channels": fine_channels}
         self.register_buffer("centre_mm", torch.tensor(normalizer.centre_mm, dtype=torch.float32))
         self.register_buffer("scale_mm", torch.tensor(float(normalizer.scale_mm), dtype=torch.float32))
 
@@ -132,7 +143,12 @@ class SceneCoordinateNet(nn.Module):
         """``image: (B, 1, H, W)`` (any intensity scale) -> ``(B, 8, H, W)`` normalised outputs."""
         if image.ndim != 4 or image.shape[1] != 1:
             raise ShapeError("image", "(B, 1, H, W)", tuple(image.shape))
-        out = self.unet(standardize_image(image))
+        image = standardize_image(image)
+        if self.fine is None:
+            out = self.unet(image)
+        else:
+            x = self.unet.decode(self.unet.encode(image))
+            out = self.unet.output(x, image.shape[-2:]) + self.fine(x, image)
         half = 0.5 * (LOG_SIGMA_MAX - LOG_SIGMA_MIN)
         mid = 0.5 * (LOG_SIGMA_MAX + LOG_SIGMA_MIN)
         # Smooth squashing keeps gradients everywhere (a hard clamp would not).

@@ -15,6 +15,7 @@ mm, NaN off the bone), ``mask (B, H, W)`` (bool, ray meets bone), ``K (B, 3, 3)`
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -28,9 +29,11 @@ from torch.utils.data import Dataset
 from xrecon.geometry import Camera
 from xrecon.methods.scr.loss import scr_loss
 from xrecon.methods.scr.data import first_items
-from xrecon.methods.scr.model_io import SCRModelInfo, save_scr_model
+from xrecon.errors import InputError
+from xrecon.methods.scr.model_io import SCRModelInfo, load_scr_model, save_scr_model
 from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet, coordinates_from_output
 from xrecon.methods.scr.predict import SCRInferenceConfig, pose_from_correspondences, scene_correspondences
+from xrecon.methods.scr.unet import load_adding_branch
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class SCRNetConfig:
     Attributes:
         base_channels, levels: U-Net size (CPU: 16 / 4; GPU 512 px: 32 / 5).
         input_stride: 2 (CPU: half-resolution inside, dense output) or 1 (the seed's full resolution).
+        fine_channels: width of the full-resolution branch (with ``input_stride=2``; 0 = none).
         absent_weight: weight of the ``1 / sigma`` term on pixels without bone.
         beta: beta-NLL exponent of the likelihood term (0 = seed 002's loss;
             see :mod:`xrecon.methods.scr.loss`).
@@ -56,6 +60,7 @@ class SCRNetConfig:
     base_channels: int = 16
     levels: int = 4
     input_stride: int = 2
+    fine_channels: int = 0
     absent_weight: float = 1.0
     beta: float = 0.0
     val_max_images: int = 128
@@ -163,6 +168,7 @@ def train_scr(
     ct_info: dict | None = None,
     run_info: dict[str, Any] | None = None,
     choose_settings: bool = True,
+    init: str | Path | None = None,
 ):
     """Train an SCR network and write the model file.
 
@@ -182,6 +188,9 @@ def train_scr(
         choose_settings: after training, pick the inference settings stored in
             the model on the validation set (:func:`choose_inference`);
             otherwise ``inference`` is stored as given.
+        init: an SCR model file of the same CT whose weights start the run
+            (ignored when resuming). Its U-Net must match ``net_config``; a
+            full-resolution branch it lacks is added, starting as a no-op.
 
     Returns:
         ``(model_path, TrainResult)``.
@@ -191,9 +200,29 @@ def train_scr(
     if val_set is not None and train_config.monitor == "loss":
         # continuous, unlike the clipped mTRE which sits at its clip until PnP starts to work
         train_config = dataclasses.replace(train_config, monitor="coord_error_mm", monitor_mode="min")
-    model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels, net_config.input_stride)
+    out_dir = Path(train_config.out_dir)
+    resuming = train_config.resume and (out_dir / "checkpoints" / "last.pt").exists()
+    if resuming and (out_dir / "config.json").is_file():
+        # the checkpoint's network is the one the run started with, whatever the flags say now
+        saved = json.loads((out_dir / "config.json").read_text()).get("run_info", {}).get("net_config")
+        if saved:
+            net_config = SCRNetConfig(**saved)
+    model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels, net_config.input_stride,
+                               net_config.fine_channels)
+    if init is not None and not resuming:
+        start, start_info = load_scr_model(init)
+        size = {k: int(start_info.network.get(k, 0)) for k in ("base_channels", "levels", "input_stride")}
+        if size != {"base_channels": net_config.base_channels, "levels": net_config.levels,
+                    "input_stride": net_config.input_stride}:
+            raise InputError(f"the initial model's U-Net {size} differs from the one asked for", init)
+        if not np.allclose([*start.normalizer.centre_mm, start.normalizer.scale_mm],
+                           [*normalizer.centre_mm, normalizer.scale_mm], atol=1e-3):
+            raise InputError("the initial model was trained on another CT or bone (its coordinate frame differs)",
+                             init)
+        load_adding_branch(model, start.state_dict(), init)
     val = first_items(val_set, net_config.val_max_images) if val_set is not None else None
     info_run = {"method": "scr", "net_config": dataclasses.asdict(net_config),
+                "init": None if init is None or resuming else str(init),
                 "inference": dataclasses.asdict(inference),
                 "normalizer": dataclasses.asdict(normalizer), **(run_info or {})}
     result = train(model, make_loss_fn(normalizer, net_config.absent_weight, net_config.beta), train_set, val, train_config,
@@ -211,8 +240,7 @@ def train_scr(
         log.info("inference settings chosen on %d validation images: %s", len(val), inference)
     best = result.history[-1] if result.history else {}
     info = SCRModelInfo(
-        network={"base_channels": net_config.base_channels, "levels": net_config.levels,
-                 "input_stride": net_config.input_stride},
+        network=dict(model.config),
         camera=Camera(camera.K[:1], torch.eye(4, dtype=torch.float64), camera.height, camera.width,
                       camera.pixel_spacing_mm),
         ct=dict(ct_info or {}),

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import nn
 
-from xrecon.errors import ShapeError
+from xrecon.errors import InputError, ShapeError
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -108,13 +108,60 @@ class UNet(nn.Module):
             feats.append(x)
         return feats
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """``image: (B, C_in, H, W)`` -> ``(B, C_out, H, W)``."""
-        feats = self.encode(image)
+    def decode(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The last decoder's features ``(B, base_channels, H/s, W/s)`` from :meth:`encode`'s maps."""
         x = feats[-1]
         for up, dec, skip in zip(self.upsamplers, self.decoders, reversed(feats[:-1])):
             x = dec(torch.cat([up(x), skip], dim=1))
+        return x
+
+    def output(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The head on decoder features ``x``, upsampled bilinearly to ``size`` when the stride is 2."""
         out = self.head(x)
-        if self.input_stride != 1:
-            out = nn.functional.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        if out.shape[-2:] != tuple(size):
+            out = nn.functional.interpolate(out, size=size, mode="bilinear", align_corners=False)
         return out
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``image: (B, C_in, H, W)`` -> ``(B, C_out, H, W)``."""
+        return self.output(self.decode(self.encode(image)), image.shape[-2:])
+
+
+class FullResolutionBranch(nn.Module):
+    """A correction at full resolution for a stride-2 :class:`UNet`'s upsampled output.
+
+    The image at full resolution and the last decoder features (half
+    resolution, upsampled by a transposed convolution) go through one
+    :class:`ConvBlock`; a 1x1 head turns the result into ``out_channels`` that
+    are *added* to the bilinearly upsampled dense output, where it is worst:
+    along outlines and thin structures. The head starts at zero, so a network
+    trained without the branch loads into one with it (``strict=False``, only
+    this branch's weights missing) and gives the same outputs until fine-tuned.
+
+    ``forward(decoder_features (B, base_channels, H/2, W/2), image (B, C_in, H, W))
+    -> (B, out_channels, H, W)``.
+    """
+
+    def __init__(self, in_channels: int, base_channels: int, channels: int, out_channels: int):
+        super().__init__()
+        self.image = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), _norm(channels),
+                                   nn.ReLU(inplace=True))
+        self.up = nn.ConvTranspose2d(base_channels, channels, 2, stride=2)
+        self.block = ConvBlock(2 * channels, channels)
+        self.head = nn.Conv2d(channels, out_channels, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(torch.cat([self.up(features), self.image(image)], dim=1)))
+
+
+def load_adding_branch(net: nn.Module, state_dict: dict, source, branch: str = "fine.") -> None:
+    """Load ``state_dict`` (a trained network's weights) into ``net``, which may
+    have a :class:`FullResolutionBranch` (its parameters start with ``branch``)
+    that the trained network lacks; any other difference is an
+    :class:`~xrecon.errors.InputError` naming ``source``."""
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if unexpected or any(not k.startswith(branch) for k in missing):
+        raise InputError(f"the initial model's weights do not fit this network (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]})", source)
