@@ -215,6 +215,10 @@ def train_scr(
         if size != {"base_channels": net_config.base_channels, "levels": net_config.levels,
                     "input_stride": net_config.input_stride}:
             raise InputError(f"the initial model's U-Net {size} differs from the one asked for", init)
+        if int(start_info.network.get("fine_channels", 0)) not in (0, net_config.fine_channels):
+            raise InputError(f"the initial model has a full-resolution branch of width "
+                             f"{start_info.network['fine_channels']}; it cannot change to {net_config.fine_channels}",
+                             init)
         if not np.allclose([*start.normalizer.centre_mm, start.normalizer.scale_mm],
                            [*normalizer.centre_mm, normalizer.scale_mm], atol=1e-3):
             raise InputError("the initial model was trained on another CT or bone (its coordinate frame differs)",
