@@ -2,7 +2,7 @@
 regression (SCR) against PoseNet and fixed-landmark heatmaps + PnP, trained on
 the same simulated data, evaluated at held-out simulated poses.
 
-    python benchmarks/bench_scr.py [--quick] [--models runs/scr] [--test-data runs/scr/data/test]
+    python benchmarks/bench_scr.py [--quick] [--models runs/scr] [--scr-model PATH] [--test-data runs/scr/data/test]
 
 Inputs: the three model files (``<models>/scr/scr.pt``,
 ``<models>/posenet/posenet.pt``, ``<models>/landmarks/landmarks.pt``, or the
@@ -115,6 +115,9 @@ def _summary(values: np.ndarray) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description="SCR vs PoseNet vs landmark heatmaps on the chest CT (seed-002 table).")
     ap.add_argument("--models", type=Path, default=ROOT / "runs" / "scr")
+    ap.add_argument("--name", default="bench_scr", help="results file name (benchmarks/results/NAME.{json,md})")
+    ap.add_argument("--scr-model", type=Path, default=None,
+                    help="SCR model file (default: MODELS/scr/scr.pt, else the shipped weights)")
     ap.add_argument("--test-data", type=Path, default=ROOT / "runs" / "scr" / "data" / "test")
     ap.add_argument("--n", type=int, default=None, help="test images (default: all; --quick: 40)")
     ap.add_argument("--n-refine", type=int, default=None, help="images refined per method (default 10; --quick: 3)")
@@ -142,6 +145,8 @@ def main() -> None:
     targets, target_names = structure_centroids(labels, ids)
     skeleton_pts = structure_points(labels, ids, n=20000, seed=0)
     found = _find_models(args.models)
+    if args.scr_model is not None:
+        found["scr"] = args.scr_model
     methods = {k: _Method(k, p) for k, p in found.items() if p is not None}
     missing = [k for k, p in found.items() if p is None]
     if "scr" not in methods:
@@ -261,7 +266,7 @@ def main() -> None:
         lines += ["", f"Missing (no trained model found): {', '.join(missing)}."]
     lines += ["", "Seed 002 (pelvis, 512 px, GPU): SCR median 3.79 mm, GFR 11.76 %, 1.75 s per image; PoseNet median "
                   "7.55 mm, GFR 31.6 %; DFLNet median 61 mm, GFR 42.8 %."]
-    j, m = write_results("bench_scr", payload, "\n".join(lines) + "\n")
+    j, m = write_results(args.name, payload, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {j} and {m}")
 

@@ -16,7 +16,7 @@ On held-out test images of the chest-CT benchmark (the data of
   against an oracle that keeps only the correspondences whose true error is
   below 5 mm (how good the pose would be if the good ones could be told apart).
 
-    python benchmarks/diag_scr.py [--n 40] [--model PATH]
+    python benchmarks/diag_scr.py [--n 40] [--model PATH] [--name diag_scr]
 
 Writes benchmarks/results/diag_scr.{json,md}. Simulated data only.
 """
@@ -56,6 +56,7 @@ def main() -> None:
                     help="SCR model (default: runs/scr/scr/scr.pt, else the shipped weights)")
     ap.add_argument("--test-data", type=Path, default=ROOT / "runs" / "scr" / "data" / "test")
     ap.add_argument("--n", type=int, default=40, help="test images")
+    ap.add_argument("--name", default="diag_scr", help="results file name (benchmarks/results/NAME.{json,md})")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -136,7 +137,7 @@ def main() -> None:
         "pnp_mtre_mm": q(np.array([r["mtre_mm"] for r in per_image])),
         "oracle_pnp_mtre_mm": q(np.array([r["oracle_mtre_mm"] for r in per_image])),
     }
-    write_results("diag_scr", {"summary": summary, "images": per_image}, markdown(summary))
+    write_results(args.name, {"summary": summary, "images": per_image}, markdown(summary))
     print(markdown(summary))
 
 
