@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     from xrecon.methods.recon.pipeline import (ReconConfig, reconstruct_from_prediction, reconstruct_image,
                                                register_ct_points)
     from xrecon.methods.recon.predict import predict_dense
-    from xrecon.metrics.registration import mtre_mm, projected_mtre_mm
+    from xrecon.metrics.registration import mtre_mm, projected_mtre_mm, rotation_error_deg
     from xrecon.metrics.shape import surface_distance
     from xrecon.solve.align3d import umeyama
 
@@ -202,8 +202,7 @@ def main(argv=None) -> int:
             c["similarity_assd_mm"] = surface_distance((aligned, faces), (truth_model, faces), 5000).assd
             c["size_ratio_pred_over_true"] = 1.0 / float(sim.scale)
             c["coverage"] = rec.coverage
-            dR = rec.model_to_cam[:3, :3] @ T[:3, :3].T
-            c["rotation_error_deg"] = float(np.degrees(np.arccos(np.clip((np.trace(dR) - 1) / 2, -1, 1))))
+            c["rotation_error_deg"] = float(rotation_error_deg(rec.model_to_cam, T)[0])
             c["size_sd_error"] = float(rec.shape_sd[0] - shape_sd[i][0])
             c["depth_error_mm"] = float(rec.vertices_cam[:, 2].mean() - truth_cam[:, 2].mean())
             # one view fixes the shape only up to a scaling about the X-ray source: with

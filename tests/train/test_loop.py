@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _toy import B_TRUE, W_TRUE, toy_datasets, toy_loss, toy_metrics, toy_model  # noqa: E402
 
 from xrecon.errors import InputError  # noqa: E402
-from xrecon.train import TrainConfig, load_weights, train  # noqa: E402
+from xrecon.train import TrainConfig, load_weights, resumed_run_info, train  # noqa: E402
 
 
 def _cfg(out, **kw):
@@ -44,6 +44,10 @@ def test_learns_the_planted_weights_and_writes_outputs(tmp_path):
     assert res.best_value == pytest.approx(min(h["val_metrics"]["abs_err"] for h in hist))
     fresh = load_weights(toy_model(seed=5), res.last_checkpoint)
     assert torch.equal(fresh.weight, model.weight)
+    # a later call on this folder resumes the run: it says what the run was started with
+    assert resumed_run_info(_cfg(tmp_path)) == {"task": "toy"}
+    assert resumed_run_info(_cfg(tmp_path, resume=False)) is None
+    assert resumed_run_info(_cfg(tmp_path / "new")) is None
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -556,3 +556,15 @@ def load_weights(model: nn.Module, checkpoint: str | Path, map_location: str = "
         raise InputError(f"cannot read checkpoint ({exc})", path) from exc
     model.load_state_dict(state["model"] if "model" in state else state)
     return model
+
+
+def resumed_run_info(cfg: TrainConfig) -> dict | None:
+    """The ``run_info`` the run in ``cfg.out_dir`` was started with, when :func:`train`
+    will resume it (``cfg.resume`` and a ``last.pt`` exist); else ``None``. A method
+    rebuilds its network from it (e.g. ``run_info["net_config"]``): the checkpoint
+    holds the weights of the network the run began with, whatever the flags say now."""
+    out = Path(cfg.out_dir)
+    if not (cfg.resume and (out / "checkpoints" / "last.pt").exists()):
+        return None
+    path = out / "config.json"
+    return json.loads(path.read_text()).get("run_info", {}) if path.is_file() else {}

@@ -27,7 +27,7 @@ from xrecon.methods.recon.model_io import load_recon_model, save_recon_model
 from xrecon.methods.recon.network import ReconNet, ReconNetConfig
 from xrecon.methods.recon.shape import ShapeSpace
 from xrecon.methods.scr.unet import load_adding_branch
-from xrecon.train import TrainConfig, load_weights, train
+from xrecon.train import TrainConfig, load_weights, resumed_run_info, train
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,10 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
                              coord_centre_mm=tuple(float(c) for c in space.centre_mm), coord_scale_mm=100.0,
                              fine_channels=fine_channels or 0)
     start = None
-    resuming = config.resume and (Path(config.out_dir) / "checkpoints" / "last.pt").exists()
-    if resuming and (Path(config.out_dir) / "config.json").is_file():
-        # the checkpoint's network is the one the run started with (e.g. from --init), not the defaults
-        run_info = json.loads((Path(config.out_dir) / "config.json").read_text()).get("run_info", {})
-        if "net_config" in run_info:
-            net_cfg = ReconNetConfig.from_dict(run_info["net_config"])
+    resumed = resumed_run_info(config)
+    resuming = resumed is not None
+    if resumed and "net_config" in resumed:  # the network the run started with (e.g. from --init)
+        net_cfg = ReconNetConfig.from_dict(resumed["net_config"])
     if init is not None and not resuming:
         start, _space, _info = load_recon_model(init)
         if _space.fingerprint != space.fingerprint or start.config.image_size != size:

@@ -15,7 +15,6 @@ mm, NaN off the bone), ``mask (B, H, W)`` (bool, ray meets bone), ``K (B, 3, 3)`
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -200,13 +199,12 @@ def train_scr(
     if val_set is not None and train_config.monitor == "loss":
         # continuous, unlike the clipped mTRE which sits at its clip until PnP starts to work
         train_config = dataclasses.replace(train_config, monitor="coord_error_mm", monitor_mode="min")
-    out_dir = Path(train_config.out_dir)
-    resuming = train_config.resume and (out_dir / "checkpoints" / "last.pt").exists()
-    if resuming and (out_dir / "config.json").is_file():
-        # the checkpoint's network is the one the run started with, whatever the flags say now
-        saved = json.loads((out_dir / "config.json").read_text()).get("run_info", {}).get("net_config")
-        if saved:
-            net_config = SCRNetConfig(**saved)
+    from xrecon.train import resumed_run_info
+
+    resumed = resumed_run_info(train_config)
+    resuming = resumed is not None
+    if resumed and resumed.get("net_config"):  # the network the run started with
+        net_config = SCRNetConfig(**resumed["net_config"])
     model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels, net_config.input_stride,
                                net_config.fine_channels)
     if init is not None and not resuming:
