@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     from xrecon.methods.recon.pipeline import (ReconConfig, reconstruct_from_prediction, reconstruct_image,
                                                register_ct_points)
     from xrecon.methods.recon.predict import predict_dense
-    from xrecon.metrics.registration import mtre_mm, projected_mtre_mm, rotation_error_deg
+    from xrecon.metrics.registration import depth_error_mm, mtre_mm, projected_mtre_mm, rotation_error_deg
     from xrecon.metrics.shape import surface_distance
     from xrecon.solve.align3d import umeyama
 
@@ -257,8 +257,7 @@ def main(argv=None) -> int:
                "projected_mtre_mm": (float(projected_mtre_mm(reg.ct_to_cam, truth, targets, K[i], spacing)[0])
                                      if reg.success else float("nan")),
                # signed mean error of the targets along the viewing direction (camera z)
-               "depth_error_mm": (float(((targets @ reg.ct_to_cam[:3, :3].T + reg.ct_to_cam[:3, 3])[:, 2]
-                                         - (targets @ truth[:3, :3].T + truth[:3, 3])[:, 2]).mean())
+               "depth_error_mm": (float(depth_error_mm(reg.ct_to_cam, truth, targets)[0])
                                   if reg.success else float("nan")),
                "scale_recon_over_ct": reg.scale, "reason": reg.reason, "notes": reg.notes}
         if k < args.n_refine and reg.success:

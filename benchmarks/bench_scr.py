@@ -104,6 +104,22 @@ def _find_models(models: Path) -> dict[str, Path]:
     return {k: next((p for p in v if p.exists()), None) for k, v in cands.items()}
 
 
+def error_split(projected: np.ndarray, depth: np.ndarray, true_depth: np.ndarray) -> dict:
+    """Projected mTRE and depth error of one method's poses (NaN = failed case),
+    and the least-squares slope and correlation of the signed depth error against
+    the true depth's offset from its mean: a method that cannot read the depth
+    from the image returns poses near the training mean depth (slope near -1)."""
+    ok = np.isfinite(depth) & np.isfinite(projected)
+    out = {"projected_mtre_mm": {"median": float(np.median(projected[ok])) if ok.any() else None},
+           "abs_depth_error_mm": {"median": float(np.median(np.abs(depth[ok]))) if ok.any() else None},
+           "depth_slope": None, "depth_r": None, "n": int(ok.sum())}
+    if ok.sum() >= 3:
+        x = true_depth[ok] - true_depth[ok].mean()
+        out["depth_slope"] = float(np.polyfit(x, depth[ok], 1)[0])
+        out["depth_r"] = float(np.corrcoef(x, depth[ok])[0, 1])
+    return out
+
+
 def _summary(values: np.ndarray) -> dict:
     from xrecon.metrics.aggregate import summarize
 
@@ -131,7 +147,7 @@ def main() -> None:
 
     from xrecon.anatomy.ct_io import load_default_ct
     from xrecon.anatomy.labels import resolve_structures
-    from xrecon.metrics.registration import mtre_mm
+    from xrecon.metrics.registration import depth_error_mm, mtre_mm, projected_mtre_mm
     from xrecon.methods.scr.data import structure_centroids, structure_points
     from xrecon.sim.dataset import SimulatedDataset
 
@@ -186,16 +202,24 @@ def main() -> None:
     rows, payload = [], {"methods": {}, "missing_methods": missing}
     extreme = np.flatnonzero(vis < EXTREME_VISIBLE_SHARE)
     every = np.arange(n)
+    # true depth of the targets' centroid: how far each test pose sits from the mean depth
+    true_depth = (np.asarray(targets).mean(0) @ gt[:, :3, :3].transpose(0, 2, 1) + gt[:, :3, 3])[:, 2]
     for name in methods:
         err = mtre(est[name], every)
-        payload["methods"][name] = {
+        poses = torch.as_tensor(est[name])
+        depth = depth_error_mm(poses, torch.as_tensor(gt), targets).numpy()
+        payload["methods"][name] = {"split": error_split(
+            projected_mtre_mm(poses, torch.as_tensor(gt), targets, K, cam.pixel_spacing_mm).numpy(), depth,
+            true_depth)}
+        payload["methods"][name].update({
             "model": str(methods[name].path.relative_to(ROOT) if methods[name].path.is_relative_to(ROOT)
                          else methods[name].path),
             "all": _summary(err), "extreme": _summary(err[extreme]),
             "pnp_success_rate": float(ok[name].mean()),
             "time_per_image_s": {"median": float(np.median(times[name])), "mean": float(np.mean(times[name]))},
             "per_case_mtre_mm": err.tolist(),
-        }
+            "per_case_depth_error_mm": depth.tolist(),
+        })
 
     # refinement on the first n_refine images, from each method's own estimate
     ref_idx = np.arange(min(n_refine, n))
@@ -251,6 +275,15 @@ def main() -> None:
             lines.append(f"| {name} | {subset} | {s['n']} | {fmt(s['p25'])} | {fmt(s['p50'])} | {fmt(s['p95'])} | "
                          f"{100 * s['gfr']['10']:.1f} | {100 * s['gfr']['5']:.1f} | "
                          f"{100 * d['pnp_success_rate']:.0f} | {d['time_per_image_s']['median']:.3f} |")
+    lines += ["", "Where the error lies (all test images): projected mTRE (on the detector) against the signed "
+                  "depth error of the targets (camera z, estimate minus truth). `slope` fits the depth error to the "
+                  "true depth's offset from the test mean: 0 = unbiased, -1 = every pose put at the mean depth.", "",
+              "| method | projected mTRE p50 (mm) | abs. depth error p50 (mm) | depth error vs true depth: slope | r |",
+              "|---|---|---|---|---|"]
+    for name, d in payload["methods"].items():
+        sp = d["split"]
+        lines.append(f"| {name} | {fmt(sp['projected_mtre_mm']['median'])} | {fmt(sp['abs_depth_error_mm']['median'])} "
+                     f"| {fmt(sp['depth_slope'])} | {fmt(sp['depth_r'])} |")
     if len(ref_idx):
         lines += ["", f"Intensity refinement on the first {len(ref_idx)} test images (same images for every method, "
                       "each from its own estimate; full-CT DRR, multiscale NCC, 32/64 px pyramid):", "",

@@ -66,7 +66,7 @@ def main() -> None:
     from xrecon.methods.scr.model_io import load_scr_model
     from xrecon.methods.scr.predict import (Correspondences, SCRInferenceConfig, pose_from_correspondences,
                                             scene_correspondences)
-    from xrecon.metrics.registration import mtre_mm
+    from xrecon.metrics.registration import depth_error_mm, mtre_mm
     from xrecon.sim.dataset import SimulatedDataset
 
     path = args.model or next(p for p in (ROOT / "runs" / "scr" / "scr" / "scr.pt",
@@ -102,6 +102,10 @@ def main() -> None:
         logvar.append(corr.log_variance[ok])
         targets = truth[ok][:: max(1, ok.sum() // 500)]
         net = pose_from_correspondences(corr, ds.camera, config)
+        # in-plane scale of the prediction about its centroid, camera frame, least squares
+        # (< 1: the predicted skeleton is smaller than the true one); PnP reads the depth from it
+        a = pred_cam[ok][:, :2] - pred_cam[ok][:, :2].mean(0)
+        b = true_cam[ok][:, :2] - true_cam[ok][:, :2].mean(0)
         good = np.flatnonzero(ok)[e < 5.0]
         oracle = (pose_from_correspondences(Correspondences(corr.points_world[good], corr.pixels_uv[good],
                                                             corr.log_variance[good]), ds.camera, config)
@@ -111,6 +115,9 @@ def main() -> None:
             # a shift shared by the whole image (e.g. one vertebral level off) vs scatter
             "mean_error_mm": float(e.mean()), "mean_offset_mm": float(np.linalg.norm(d.mean(0))),
             "mtre_mm": float(mtre_mm(net.world_to_cam, T, targets)[0]) if net.success else float("inf"),
+            "depth_error_mm": float(depth_error_mm(net.world_to_cam, T, targets)[0]) if net.success else float("nan"),
+            "true_depth_mm": float(true_cam[ok][:, 2].mean()),
+            "prediction_scale": float((a * b).sum() / (b * b).sum()),
             "oracle_mtre_mm": (float(mtre_mm(oracle.world_to_cam, T, targets)[0])
                                if oracle is not None and oracle.success else float("inf"))})
     err, along, across, reproj, jump, logvar = map(np.concatenate, (err, along, across, reproj, jump, logvar))
@@ -137,6 +144,20 @@ def main() -> None:
         "pnp_mtre_mm": q(np.array([r["mtre_mm"] for r in per_image])),
         "oracle_pnp_mtre_mm": q(np.array([r["oracle_mtre_mm"] for r in per_image])),
     }
+    rows = [r for r in per_image if np.isfinite(r["depth_error_mm"])]
+    depth = np.array([r["depth_error_mm"] for r in rows])
+    true_depth = np.array([r["true_depth_mm"] for r in rows])
+    scale = np.array([r["prediction_scale"] for r in rows])
+    if len(rows) >= 3:
+        offset = true_depth - true_depth.mean()
+        summary["depth"] = {
+            "abs_error_mm": q(np.abs(depth)), "n": len(rows),
+            # depth error against the true depth's offset from the mean: -1 = always the mean depth
+            "slope_vs_true_offset": float(np.polyfit(offset, depth, 1)[0]),
+            "r_vs_true_offset": float(np.corrcoef(offset, depth)[0, 1]),
+            # relative depth error against the prediction's scale error: PnP's depth is the scale's
+            "r_relative_depth_vs_scale": float(np.corrcoef(scale - 1, depth / true_depth)[0, 1]),
+            "prediction_scale": q(scale)}
     write_results(args.name, {"summary": summary, "images": per_image}, markdown(summary))
     print(markdown(summary))
 
@@ -178,6 +199,15 @@ def markdown(s: dict) -> str:
         "error is below 5 mm (an oracle: what a network whose uncertainty told the good ones apart would reach).",
         "",
     ]
+    d = s.get("depth")
+    if d:
+        lines += [
+            f"Depth (PnP poses of {d['n']} images): median abs. depth error {f(d['abs_error_mm'])} mm, against a median "
+            f"mTRE of {f(s['pnp_mtre_mm'])} mm. Depth error against the true depth's offset from the mean: slope "
+            f"{d['slope_vs_true_offset']:.2f} (r {d['r_vs_true_offset']:.2f}; -1 = every pose at the mean depth). The "
+            f"predicted skeleton's in-plane scale (least squares, camera frame; median "
+            f"{d['prediction_scale']['median']:.3f}) against the relative depth error: r "
+            f"{d['r_relative_depth_vs_scale']:.2f}. PnP reads the depth from the predicted size.", ""]
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from xrecon.errors import ShapeError
 from xrecon.geometry import se3
 from xrecon.metrics.aggregate import gross_failure_rate, percentiles, summarize, summarize_groups
 from xrecon.metrics.registration import (
+    depth_error_mm,
     mtre_mm,
     projected_mtre_mm,
     registration_errors,
@@ -67,13 +68,31 @@ def test_projected_mtre_ignores_motion_along_the_ray():
     assert abs(float(mtre_mm(est, gt, target_on_axis)) - 50.0) < 1e-9
 
 
+def test_depth_error_is_signed_along_the_viewing_axis_and_blind_to_lateral_motion():
+    gt = _gt(3)
+    est = gt.clone()
+    est[0, 2, 3] += 9.0  # further from the source
+    est[1, 2, 3] -= 4.0  # closer
+    est[2, 0, 3] += 25.0  # lateral only
+    targets = torch.randn(30, 3, dtype=torch.float64) * 60
+    got = depth_error_mm(est, gt, targets)
+    assert torch.allclose(got, torch.tensor([9.0, -4.0, 0.0], dtype=torch.float64), atol=1e-9)
+    # a rotation about the targets' centroid moves them around it: no mean depth change
+    centroid = targets.mean(0)
+    spin = se3.from_rotvec(torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64), torch.zeros(3))
+    about = se3.make(torch.eye(3, dtype=torch.float64), centroid) @ spin @ se3.make(torch.eye(3, dtype=torch.float64),
+                                                                                   -centroid)
+    assert abs(float(depth_error_mm((gt[0] @ about)[None], gt[0][None], targets))) < 1e-9
+    assert float(mtre_mm((gt[0] @ about)[None], gt[0][None], targets)) > 1.0
+
+
 def test_per_case_targets_and_nan_pose_propagate_per_case():
     gt = _gt(2)
     est = gt.clone()
     est[1] = float("nan")
     targets = torch.randn(2, 5, 3, dtype=torch.float64)
     errs = registration_errors(est, gt, targets, K=torch.eye(3), pixel_spacing_mm=(1.0, 1.0))
-    assert set(errs) == {"mtre_mm", "rotation_deg", "translation_mm", "projected_mtre_mm"}
+    assert set(errs) == {"mtre_mm", "depth_error_mm", "rotation_deg", "translation_mm", "projected_mtre_mm"}
     for v in errs.values():
         assert v.shape == (2,)
         assert float(v[0]) < 1e-6 and torch.isnan(v[1])

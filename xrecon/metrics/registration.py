@@ -7,6 +7,11 @@ Definitions (../shared/CONVENTIONS.md, "Metrics"; seed 002, eq. 6):
 * **projected mTRE** (mm): mean distance between the targets projected with the
   estimated and the true pose, on the detector plane (pixel offsets times the
   detector pixel spacing ``(dx, dy)``).
+* **depth error** (mm, signed): mean offset of the targets along the camera's
+  viewing axis (camera z, away from the source) under the estimated minus the
+  true pose. A single view constrains depth least (the image hardly changes
+  when the bone slides along the rays), so mTRE minus projected mTRE is mostly
+  this term.
 * **rotation error** (deg): geodesic angle ``|log(R_est R_gt^T)|`` via the
   Rodrigues vector norm (:func:`xrecon.geometry.se3.geodesic_deg`).
 * **translation error** (mm): norm of the difference of the two ``world_to_cam``
@@ -105,6 +110,14 @@ def projected_mtre_mm(est_world_to_cam, gt_world_to_cam, targets_world, K,
                                       pixel_spacing_mm).mean(dim=-1)
 
 
+def depth_error_mm(est_world_to_cam, gt_world_to_cam, targets_world) -> torch.Tensor:
+    """Signed depth error ``(B,)`` in mm: mean camera-z of the targets under the
+    estimated pose minus under the true pose (positive = placed too far from the source)."""
+    est, gt = _pair(est_world_to_cam, gt_world_to_cam)
+    x = _targets(targets_world, est.shape[0])
+    return (se3.apply(est, x)[..., 2] - se3.apply(gt, x)[..., 2]).mean(dim=-1)
+
+
 def rotation_error_deg(est_world_to_cam, gt_world_to_cam) -> torch.Tensor:
     """Geodesic rotation error ``(B,)`` in degrees."""
     est, gt = _pair(est_world_to_cam, gt_world_to_cam)
@@ -119,10 +132,11 @@ def translation_error_mm(est_world_to_cam, gt_world_to_cam) -> torch.Tensor:
 
 def registration_errors(est_world_to_cam, gt_world_to_cam, targets_world, K=None,
                         pixel_spacing_mm: float | tuple[float, float] = 1.0) -> dict[str, torch.Tensor]:
-    """Every per-case error at once: ``{"mtre_mm", "rotation_deg", "translation_mm"}``
+    """Every per-case error at once: ``{"mtre_mm", "depth_error_mm", "rotation_deg", "translation_mm"}``
     plus ``"projected_mtre_mm"`` when ``K`` is given; each ``(B,)``."""
     out = {
         "mtre_mm": mtre_mm(est_world_to_cam, gt_world_to_cam, targets_world),
+        "depth_error_mm": depth_error_mm(est_world_to_cam, gt_world_to_cam, targets_world),
         "rotation_deg": rotation_error_deg(est_world_to_cam, gt_world_to_cam),
         "translation_mm": translation_error_mm(est_world_to_cam, gt_world_to_cam),
     }
