@@ -48,6 +48,19 @@ def vertebral_centroids(labels) -> tuple[np.ndarray, list[str]]:
     return np.asarray(pts), names
 
 
+def depth_bias(depth_error_mm, true_depth_mm) -> dict:
+    """Does a method read the depth from the image? Least-squares slope and
+    correlation of the signed depth errors against the true depths' offsets
+    from their mean (finite pairs only): 0 = no bias, -1 = every pose placed at
+    the mean depth (the training poses' depth, whatever the image shows)."""
+    e, z = np.asarray(depth_error_mm, float), np.asarray(true_depth_mm, float)
+    ok = np.isfinite(e) & np.isfinite(z)
+    if ok.sum() < 3:
+        return {"slope": None, "r": None, "n": int(ok.sum())}
+    x = z[ok] - z[ok].mean()
+    return {"slope": float(np.polyfit(x, e[ok], 1)[0]), "r": float(np.corrcoef(x, e[ok])[0, 1]), "n": int(ok.sum())}
+
+
 def machine() -> str:
     return (f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, "
             f"torch threads 1, Python {platform.python_version()}")

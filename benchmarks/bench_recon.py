@@ -45,6 +45,9 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _registration_data import depth_bias  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 log = logging.getLogger("bench_recon")
 #: a reconstruction's rotation error above this counts as a gross pose error (the
@@ -259,6 +262,7 @@ def main(argv=None) -> int:
                # signed mean error of the targets along the viewing direction (camera z)
                "depth_error_mm": (float(depth_error_mm(reg.ct_to_cam, truth, targets)[0])
                                   if reg.success else float("nan")),
+               "true_depth_mm": float((targets @ truth[:3, :3].T + truth[:3, 3])[:, 2].mean()),
                "scale_recon_over_ct": reg.scale, "reason": reg.reason, "notes": reg.notes}
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()
@@ -346,6 +350,7 @@ def main(argv=None) -> int:
                                  "gfr10": gfr([r["mtre_mm"] for r in reg_rows if r.get("confident")], 10.0)},
             "projected_mtre_mm": percentiles(col(reg_rows, "projected_mtre_mm")),
             "abs_depth_error_mm": percentiles(np.abs(col(reg_rows, "depth_error_mm"))),
+            "depth_bias": depth_bias(col(reg_rows, "depth_error_mm"), col(reg_rows, "true_depth_mm")),
             "refined_subset": {
                 "n": len([r for r in reg_rows if "refined_mtre_mm" in r]),
                 "mtre_before_mm": percentiles([r["mtre_mm"] for r in reg_rows if "refined_mtre_mm" in r]),
@@ -467,6 +472,9 @@ def markdown(s: dict) -> str:
         f"{fmt(rs['projected_mtre_after_mm'])} | {fmt(rs['projected_mtre_after_mm'], 'p95')} | - | - | {rs['n']} | "
         f"{rs['projected_mtre_after_mm']['n_failed']} | - |",
         "",
+        f"Depth error before refinement against the true depth's offset from its mean: slope "
+        f"{fmt(g.get('depth_bias', {}), 'slope')}, r {fmt(g.get('depth_bias', {}), 'r')} (0 = unbiased; -1 = every pose at "
+        "the mean depth).",
         f"Refinement brought {rs['gross_before_below_2mm_after']} of the {rs['gross_before']} refined cases above "
         "10 mm below 2 mm.",
         "mTRE: mean distance of 500 bone-surface points of the CT under the estimated and the true CT-to-camera "

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _registration_data import machine, today, write_results  # noqa: E402
+from _registration_data import depth_bias, machine, today, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTREME_VISIBLE_SHARE = 0.30
@@ -105,19 +105,13 @@ def _find_models(models: Path) -> dict[str, Path]:
 
 
 def error_split(projected: np.ndarray, depth: np.ndarray, true_depth: np.ndarray) -> dict:
-    """Projected mTRE and depth error of one method's poses (NaN = failed case),
-    and the least-squares slope and correlation of the signed depth error against
-    the true depth's offset from its mean: a method that cannot read the depth
-    from the image returns poses near the training mean depth (slope near -1)."""
+    """Projected mTRE and depth error of one method's poses (NaN = failed case)
+    and :func:`depth_bias` of its depth errors."""
     ok = np.isfinite(depth) & np.isfinite(projected)
-    out = {"projected_mtre_mm": {"median": float(np.median(projected[ok])) if ok.any() else None},
-           "abs_depth_error_mm": {"median": float(np.median(np.abs(depth[ok]))) if ok.any() else None},
-           "depth_slope": None, "depth_r": None, "n": int(ok.sum())}
-    if ok.sum() >= 3:
-        x = true_depth[ok] - true_depth[ok].mean()
-        out["depth_slope"] = float(np.polyfit(x, depth[ok], 1)[0])
-        out["depth_r"] = float(np.corrcoef(x, depth[ok])[0, 1])
-    return out
+    bias = depth_bias(depth, true_depth)
+    return {"projected_mtre_mm": {"median": float(np.median(projected[ok])) if ok.any() else None},
+            "abs_depth_error_mm": {"median": float(np.median(np.abs(depth[ok]))) if ok.any() else None},
+            "depth_slope": bias["slope"], "depth_r": bias["r"], "n": int(ok.sum())}
 
 
 def _summary(values: np.ndarray) -> dict:

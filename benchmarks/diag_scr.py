@@ -31,7 +31,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _registration_data import machine, today, write_results  # noqa: E402
+from _registration_data import depth_bias, machine, today, write_results  # noqa: E402
 
 #: a true scene coordinate jumping more than this (mm) within JUMP_RADIUS_PX marks a discontinuity
 JUMP_MM, JUMP_RADIUS_PX = 10.0, 2
@@ -149,12 +149,10 @@ def main() -> None:
     true_depth = np.array([r["true_depth_mm"] for r in rows])
     scale = np.array([r["prediction_scale"] for r in rows])
     if len(rows) >= 3:
-        offset = true_depth - true_depth.mean()
+        bias = depth_bias(depth, true_depth)
         summary["depth"] = {
             "abs_error_mm": q(np.abs(depth)), "n": len(rows),
-            # depth error against the true depth's offset from the mean: -1 = always the mean depth
-            "slope_vs_true_offset": float(np.polyfit(offset, depth, 1)[0]),
-            "r_vs_true_offset": float(np.corrcoef(offset, depth)[0, 1]),
+            "slope_vs_true_offset": bias["slope"], "r_vs_true_offset": bias["r"],
             # relative depth error against the prediction's scale error: PnP's depth is the scale's
             "r_relative_depth_vs_scale": float(np.corrcoef(scale - 1, depth / true_depth)[0, 1]),
             "prediction_scale": q(scale)}

@@ -48,6 +48,23 @@ def test_world_rays_pass_through_points():
     assert torch.allclose(d.norm(dim=-1), torch.ones(3, 20, dtype=torch.float64))
 
 
+def test_a_bone_scaled_about_the_source_gives_the_same_image():
+    # the size / depth ambiguity of one view (docs/reconstruction.md): a shape k times
+    # larger and k times further from the source projects to the same pixels, so
+    # the image alone cannot tell its absolute size; only a depth change does move it
+    cam = _camera(1)
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(1, 200, 3, generator=g, dtype=torch.float64) * 60  # a bone about its centre
+    src = cam.source_world
+    uv, depth = cam.project(X)
+    for k in (0.8, 1.17):
+        uv_k, depth_k = cam.project(src[:, None] + k * (X - src[:, None]))
+        assert torch.allclose(uv_k, uv, atol=1e-9)
+        assert torch.allclose(depth_k, k * depth)
+    moved = X + 30.0 * cam.world_to_cam[0, 2, :3]  # 30 mm further along the optical axis, same size
+    assert (cam.project(moved)[0] - uv).norm(dim=-1).max() > 0.5
+
+
 def test_resize_keeps_projection_consistent():
     cam = Camera.from_detector(1020.0, 0.194, 1536, 1536)
     small = cam.resized(128, 128)
