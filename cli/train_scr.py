@@ -42,6 +42,9 @@ def scr(
                                                             "(same CT and U-Net size; ignored when resuming)."),
     beta: float = typer.Option(0.0, help="beta-NLL exponent of the SCR likelihood (0 = seed 002's loss; "
                                          "0.5 trains faster on a CPU budget)."),
+    zoom_aug: float = typer.Option(1.0, "--zoom-aug", help="SCR only: zoom half of the training images in by a "
+                                                           "random factor up to this (exact for scene coordinates: a "
+                                                           "longer focal length; teaches the magnification); 1 = off."),
     val_fraction: float = typer.Option(0.05, help="Share of the dataset held out for validation."),
     val_images: int = typer.Option(96, help="Validation images that get a full PnP per epoch."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
@@ -84,7 +87,8 @@ def scr(
             setup.train_set, setup.val_set, normalizer=setup.normalizer, camera=setup.camera,
             targets_world=setup.targets_world, target_names=setup.target_names, train_config=cfg,
             net_config=SCRNetConfig(base_channels=base_channels, levels=levels, input_stride=input_stride,
-                                    fine_channels=fine_channels, beta=beta, val_max_images=val_images),
+                                    fine_channels=fine_channels, beta=beta, val_max_images=val_images,
+                                    max_zoom=zoom_aug),
             ct_info=setup.ct_info, run_info=run_info, init=init)
     elif method in ("posenet", "landmarks"):
         from xrecon.methods.baselines.train import train_baseline

@@ -162,3 +162,44 @@ def test_incomplete_dataset_is_refused_unless_allowed(phantom_dataset, tmp_path)
     setup = prepare_training(**kw, allow_incomplete=True)
     assert len(setup.train_set) + len(setup.val_set) == 4 and setup.dataset_info["n_samples_used"] == 4
     assert setup.train_poses.shape == (3, 4, 4)
+
+
+def test_zoom_is_exactly_a_longer_focal_length():
+    """A zoomed sample is the image of the same pose with the focal length times
+    the zoom: its scene coordinates reproject to their own pixels under the new K
+    (to nearest-neighbour rounding) and its mask and image match that camera's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _scr_scene import EllipsoidDataset, ellipsoid_scene
+
+    from xrecon.geometry import Camera
+    from xrecon.methods.scr.data import ZoomAugment, zoom_sample
+
+    ds = EllipsoidDataset(2, size=48, seed=3)
+    zoom = 1.12
+    s = zoom_sample(ds[0], ds.camera.K[0], zoom)
+    K = ds.camera.K[0].clone()
+    K[0, 0] *= zoom
+    K[1, 1] *= zoom
+    assert torch.allclose(s["K"].double(), K)
+    zoomed = Camera(K, ds.camera.world_to_cam[0], 48, 48, ds.camera.pixel_spacing_mm)
+    for name in ("entry_world", "exit_world"):
+        pts = s[name].permute(1, 2, 0).reshape(-1, 3).double()
+        ok = torch.isfinite(pts).all(1)
+        uv, _ = zoomed.project(pts[ok])
+        grid = zoomed.pixel_grid().reshape(-1, 2)[ok]
+        # nearest neighbour: the source pixel is at most half a pixel away, i.e. zoom / 2 after zooming
+        assert (uv[0] - grid).abs().max() <= 0.5 * zoom + 1e-4
+    entry, _, mask, image = ellipsoid_scene(zoomed)
+    iou = (s["mask"] & torch.as_tensor(mask[0])).sum() / (s["mask"] | torch.as_tensor(mask[0])).sum()
+    assert iou > 0.9
+    assert np.corrcoef(s["image"][0].numpy().ravel(), image[0].ravel())[0, 1] > 0.98
+    # the wrapper: p = 0 leaves samples alone, p = 1 always zooms (K changes), zoom-in only
+    assert torch.equal(ZoomAugment(ds, ds.camera.K[0], 1.2, p=0.0)[1]["image"], ds[1]["image"])
+    torch.manual_seed(0)
+    k = ZoomAugment(ds, ds.camera.K[0], 1.2, p=1.0)[1]["K"]
+    assert 1.0 <= float(k[0, 0] / ds.camera.K[1][0, 0]) <= 1.2 and float(k[0, 0]) != float(ds.camera.K[1][0, 0])
+    with pytest.raises(InputError):
+        ZoomAugment(ds, ds.camera.K[0], 0.9)

@@ -38,6 +38,75 @@ SCR_FIELDS = ("entry_world", "exit_world", "mask", "world_to_cam", "K")
 POSE_FIELDS = ("world_to_cam", "K")
 
 
+class ZoomAugment(Dataset):
+    """Random zoom-in about the principal point, for SCR training only.
+
+    Zooming an X-ray by ``z`` about its principal point is *exactly* the image
+    of a camera with the focal length times ``z`` at the same pose: every pixel
+    still sees the ray it saw, so the scene coordinates stay valid when they
+    are resampled with the image (nearest neighbour: coordinates on both sides
+    of a rib's edge are never averaged). The bone then looks ``z`` times
+    closer: the magnification varies independently of the pose, which the
+    network must read to get the depth right (docs/scr.md). Zoom-in only, so
+    no pixel falls outside the simulated image. ``K`` is updated; the pose is
+    not. Not for PoseNet / landmarks, whose pose labels assume the true ``K``.
+
+    Args:
+        base: dataset of dict samples with ``image (1, H, W)`` and optionally
+            ``entry_world`` / ``exit_world (3, H, W)``, ``mask (H, W)``, ``K``.
+        K: ``(3, 3)`` intrinsics of the images (the principal point is the zoom centre).
+        max_zoom: largest factor (zoom drawn uniformly in ``[1, max_zoom]``).
+        p: probability that a sample is zoomed. Draws use torch's global
+            generator, like :class:`xrecon.sim.augment.Augmenter`.
+    """
+
+    def __init__(self, base: Dataset, K, max_zoom: float = 1.15, p: float = 0.5):
+        if not max_zoom >= 1.0 or not 0.0 <= p <= 1.0:
+            raise InputError(f"zoom augmentation needs max_zoom >= 1 and 0 <= p <= 1, got {max_zoom}, {p}")
+        self.base, self.max_zoom, self.p = base, float(max_zoom), float(p)
+        self.K = torch.as_tensor(np.asarray(K), dtype=torch.float64).reshape(3, 3)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.base[index]
+        if self.max_zoom == 1.0 or float(torch.rand(())) >= self.p:
+            return sample
+        return zoom_sample(sample, self.K, 1.0 + float(torch.rand(())) * (self.max_zoom - 1.0))
+
+
+def zoom_sample(sample: dict, K, zoom: float) -> dict:
+    """``sample`` (see :class:`ZoomAugment`) zoomed by ``zoom`` about ``K``'s principal point."""
+    import torch.nn.functional as F
+
+    K = torch.as_tensor(np.asarray(K), dtype=torch.float64).reshape(3, 3)
+    H, W = sample["image"].shape[-2:]
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    cx, cy = float(K[0, 2]), float(K[1, 2])
+    src_u, src_v = cx + (u - cx) / zoom, cy + (v - cy) / zoom
+    grid = torch.stack([(src_u + 0.5) / W * 2 - 1, (src_v + 0.5) / H * 2 - 1], dim=-1)[None].float()
+
+    def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
+        y = x.float()
+        shape = y.shape
+        y = y.reshape(1, -1, H, W)
+        y = F.grid_sample(y, grid, mode=mode, padding_mode="border", align_corners=False)
+        return y.reshape(shape).to(x.dtype)
+
+    out = dict(sample)
+    out["image"] = resample(sample["image"], "bilinear")
+    for name in ("entry_world", "exit_world", "mask"):
+        if name in sample:
+            out[name] = resample(sample[name], "nearest")
+    if "K" in sample:
+        k = sample["K"].clone()
+        k[..., 0, 0] *= zoom
+        k[..., 1, 1] *= zoom
+        out["K"] = k
+    return out
+
+
 def first_items(dataset: Dataset, n: int) -> Dataset:
     """The first ``n`` items of ``dataset`` (all when it has fewer): a fixed
     validation subset that gets a full PnP every epoch."""

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from xrecon.geometry import Camera
 from xrecon.methods.scr.loss import scr_loss
-from xrecon.methods.scr.data import first_items
+from xrecon.methods.scr.data import ZoomAugment, first_items
 from xrecon.errors import InputError
 from xrecon.methods.scr.model_io import SCRModelInfo, load_scr_model, save_scr_model
 from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet, coordinates_from_output
@@ -54,6 +54,8 @@ class SCRNetConfig:
         beta: beta-NLL exponent of the likelihood term (0 = seed 002's loss;
             see :mod:`xrecon.methods.scr.loss`).
         val_max_images: validation images that get a full PnP per epoch.
+        max_zoom: random zoom-in of the training images up to this factor
+            (half of them; :class:`xrecon.methods.scr.data.ZoomAugment`); 1 = off.
     """
 
     base_channels: int = 16
@@ -63,6 +65,7 @@ class SCRNetConfig:
     absent_weight: float = 1.0
     beta: float = 0.0
     val_max_images: int = 128
+    max_zoom: float = 1.0
 
 
 def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, beta: float = 0.0):
@@ -223,6 +226,8 @@ def train_scr(
                              init)
         load_adding_branch(model, start.state_dict(), init)
     val = first_items(val_set, net_config.val_max_images) if val_set is not None else None
+    if net_config.max_zoom > 1.0:
+        train_set = ZoomAugment(train_set, camera.K[0], net_config.max_zoom)
     info_run = {"method": "scr", "net_config": dataclasses.asdict(net_config),
                 "init": None if init is None or resuming else str(init),
                 "inference": dataclasses.asdict(inference),
