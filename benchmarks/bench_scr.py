@@ -202,10 +202,9 @@ def main() -> None:
         err = mtre(est[name], every)
         poses = torch.as_tensor(est[name])
         depth = depth_error_mm(poses, torch.as_tensor(gt), targets).numpy()
-        payload["methods"][name] = {"split": error_split(
-            projected_mtre_mm(poses, torch.as_tensor(gt), targets, K, cam.pixel_spacing_mm).numpy(), depth,
-            true_depth)}
-        payload["methods"][name].update({
+        projected = projected_mtre_mm(poses, torch.as_tensor(gt), targets, K, cam.pixel_spacing_mm).numpy()
+        payload["methods"][name] = {
+            "split": error_split(projected, depth, true_depth),
             "model": str(methods[name].path.relative_to(ROOT) if methods[name].path.is_relative_to(ROOT)
                          else methods[name].path),
             "all": _summary(err), "extreme": _summary(err[extreme]),
@@ -213,7 +212,7 @@ def main() -> None:
             "time_per_image_s": {"median": float(np.median(times[name])), "mean": float(np.mean(times[name]))},
             "per_case_mtre_mm": err.tolist(),
             "per_case_depth_error_mm": depth.tolist(),
-        })
+        }
 
     # refinement on the first n_refine images, from each method's own estimate
     ref_idx = np.arange(min(n_refine, n))
