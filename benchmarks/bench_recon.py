@@ -125,6 +125,9 @@ def main(argv=None) -> int:
     ap.add_argument("--correspondences", choices=("network", "truth"), default="network",
                     help="truth: the simulation's canonical coordinates and mask instead of the network's "
                          "(diagnostic upper bound; the shape coefficients stay the network's)")
+    ap.add_argument("--tta-shifts", type=int, default=None,
+                    help="network passes over shifted copies of each image (ReconConfig.tta_shifts; default: the "
+                         "product's)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -170,7 +173,7 @@ def main(argv=None) -> int:
     size = images.shape[-1]
     m2w = model_to_world(space)
     faces = space.faces
-    cfg = ReconConfig()
+    cfg = ReconConfig() if args.tta_shifts is None else ReconConfig(tta_shifts=args.tta_shifts)
     refine_cfg = recon_refine_config()
     if args.refine_similarity:
         refine_cfg = dataclasses.replace(refine_cfg, similarity=args.refine_similarity)

@@ -50,6 +50,9 @@ def recon(
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoints/last.pt when it exists."),
     init: Optional[Path] = typer.Option(None, help="Start from the weights of this model file (recon_model.pt) "
                                                    "with a fresh optimiser and schedule (ignored on resume)."),
+    layout_weight: float = typer.Option(0.0, help="Weight of the in-plane scale term of the loss (1 unit = a 1 percent "
+                                                  "scale error of the image's predicted coordinates, which PnP "
+                                                  "turns into depth; 0 = off)."),
 ) -> None:
     """Train the patient-wide reconstruction network on simulated X-rays of shape-model instances.
 
@@ -68,6 +71,7 @@ def recon(
 
     from xrecon.errors import InputError
     from xrecon.methods.recon.data import ReconDataConfig, generate_dataset
+    from xrecon.methods.recon.loss import ReconLossWeights
     from xrecon.methods.recon.train import train_recon
     from xrecon.train import TrainConfig
 
@@ -96,6 +100,8 @@ def recon(
     if simulate_only:
         typer.echo(f"data: {paths['train']}, {paths['val']}")
         return
+    if layout_weight < 0:
+        raise InputError(f"--layout-weight must be >= 0, got {layout_weight}")
     augment = None
     if not no_augment:
         from xrecon.methods.recon.data import XrayAugment
@@ -106,7 +112,8 @@ def recon(
                       resume=resume, monitor="loss", warmup_steps=100)
     train_paths = sorted(data_dir.glob("train*.h5"))
     path = train_recon(train_paths, paths["val"], cfg, init=init, base_channels=base_channels, levels=levels,
-                       fine_channels=fine_channels, augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]))
+                       fine_channels=fine_channels, augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]),
+                       loss_weights=ReconLossWeights(layout=layout_weight))
     typer.echo(f"model: {path}")
     typer.echo(f"curves: {out / 'curves.png'}; history: {out / 'history.json'}")
 

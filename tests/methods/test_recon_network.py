@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xrecon.errors import InputError
-from xrecon.methods.recon.loss import ReconLoss
+from xrecon.methods.recon.loss import ReconLoss, ReconLossWeights
 from xrecon.methods.recon.network import LOG_SIGMA_MAX, LOG_SIGMA_MIN, ReconNet, ReconNetConfig
 
 
@@ -139,3 +139,55 @@ def test_generated_views_agree_with_their_targets(tmp_path):
     item = ds[1]
     assert item["image"].shape == (1, 32, 32) and 0.0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1.0
     assert torch.equal(item["mask"].bool(), torch.from_numpy(mask[1]))
+
+
+class _PointwiseNet(torch.nn.Module):
+    """Outputs that depend on each pixel alone (a translation-equivariant 'network'),
+    so shifting the image and shifting the outputs back must change nothing."""
+
+    def forward(self, image):
+        from xrecon.methods.recon.network import ReconOutput
+
+        x = image[:, 0]
+        b, h, w = x.shape
+        coords = torch.stack([x, 2 * x, x ** 2, -x, x + 1, 3 * x], 1).reshape(b, 2, 3, h, w)
+        return ReconOutput(coords, torch.stack([0.1 * x, -0.1 * x], 1), x - 0.5, x.mean((1, 2))[:, None])
+
+
+def test_shift_averaging_realigns_each_copy_and_is_a_no_op_for_an_equivariant_net():
+    from xrecon.methods.recon.predict import TTA_SHIFTS, network_outputs
+
+    x = torch.rand(1, 1, 32, 32)
+    one = network_outputs(_PointwiseNet(), x, shifts=1)
+    many = network_outputs(_PointwiseNet(), x, shifts=len(TTA_SHIFTS))
+    for a, b in zip(one[:3], many[:3]):
+        torch.testing.assert_close(a, b)
+    assert torch.allclose(one[1][0], 0.1 * x[0, 0]) and torch.allclose(one[2], torch.sigmoid(x[0, 0] - 0.5))
+    # a net that is not equivariant (the real one) gives a different, averaged answer
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config(input_stride=2)).eval()
+    single, averaged = network_outputs(net, x, 1)[0], network_outputs(net, x, 4)[0]
+    assert averaged.shape == single.shape == (2, 3, 32, 32)
+    assert not torch.allclose(single, averaged)
+    with pytest.raises(ValueError, match="shifts"):
+        network_outputs(net, x, 0)
+
+
+def test_layout_term_is_the_scale_error_in_percent_and_pulls_toward_one():
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config())
+    loss = ReconLoss(torch.randn(4, 50, 3), net.centre_mm, float(net.scale_mm),
+                     ReconLossWeights(layout=1.0))
+    batch = _batch(net)
+    batch["mask"] = torch.ones_like(batch["mask"])
+    batch["cam_rotation"] = torch.eye(3).expand(len(batch["image"]), 3, 3)
+    out = net(batch["image"])
+    truth = net.normalize(batch["canonical"].permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+    centre = truth.mean(dim=(1, 3, 4), keepdim=True)
+    grown = truth.clone()
+    grown[:, :, :2] = centre[:, :, :2] + 1.02 * (truth[:, :, :2] - centre[:, :, :2])
+    terms = loss.per_case(out._replace(coords=grown.requires_grad_()), batch)
+    torch.testing.assert_close(terms["layout"], torch.full((len(grown),), 2.0), atol=1e-3, rtol=0)
+    terms["layout"].sum().backward()
+    # the gradient shrinks the points that are too spread: it points outward from the centre
+    assert float((grown.grad[:, :, :2] * (grown[:, :, :2] - centre[:, :, :2]).detach()).sum()) > 0

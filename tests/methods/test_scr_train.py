@@ -120,3 +120,37 @@ def test_loading_something_else_fails_clearly(tmp_path):
     (tmp_path / "t.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(InputError, match="cannot read"):
         load_scr_model(tmp_path / "t.pt")
+
+
+def test_layout_term_adds_the_in_plane_scale_error_of_the_predicted_coordinates():
+    """A 'network' whose scene coordinates are the truth spread 2 % wider in the image
+    plane: the layout term is 2 (per cent), and the loss grows by weight x 2."""
+    from torch.utils.data import default_collate
+
+    from xrecon.methods.scr.train import make_loss_fn
+
+    ds = EllipsoidDataset(2, size=32, seed=3)
+    batch = default_collate([ds[i] for i in range(2)])
+    norm = CoordinateNormalizer(tuple(CENTRE_MM), 60.0)
+    c = torch.tensor(CENTRE_MM, dtype=torch.float32)[None, :, None, None]
+    rot = batch["world_to_cam"][:, :3, :3].float()
+    mask = batch["mask"]
+    # the true coordinates (normalised) in camera axes, entry and exit
+    both = torch.stack([torch.einsum("bij,bjhw->bihw", rot, torch.nan_to_num((batch[k] - c) / 60.0))
+                        for k in ("entry_world", "exit_world")], 1)  # (B, 2, 3, H, W)
+    m = mask[:, None, None].float()
+    centre = (both * m).sum(dim=(1, 3, 4), keepdim=True) / (2 * m.sum(dim=(1, 3, 4), keepdim=True))
+    grown = both.clone()
+    grown[:, :, :2] = centre[:, :, :2] + 1.02 * (both[:, :, :2] - centre[:, :, :2])
+    pred = torch.einsum("bji,bsjhw->bsihw", rot, grown)  # back to world axes (normalised)
+    log_sigma = torch.zeros_like(pred[:, :, :1])
+    output = torch.cat([pred[:, 0], log_sigma[:, 0], pred[:, 1], log_sigma[:, 1]], dim=1)
+
+    def fixed(_image):
+        return output
+
+    base, logs0 = make_loss_fn(norm)(fixed, batch)
+    total, logs = make_loss_fn(norm, layout_weight=0.5)(fixed, batch)
+    assert "scale_error_pct" not in logs0
+    assert abs(float(logs["scale_error_pct"]) - 2.0) < 0.02
+    assert abs(float(total - base) - 0.5 * 2.0) < 0.01

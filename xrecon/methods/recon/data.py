@@ -249,7 +249,9 @@ class ReconH5Dataset(Dataset):
     Items are dicts: ``image (1, H, W)`` float32 (augmented when ``augment`` is
     given), ``mask (H, W)`` float32, ``canonical (2, 3, H, W)`` float32 mm,
     ``shape_sd (K,)`` float32, ``has_bone`` float32 (0 for negatives; files
-    without the field hold bone only), ``index`` int.
+    without the field hold bone only), ``cam_rotation (3, 3)`` float32 (the
+    rotation of ``model_to_cam``: the camera's axes in the model frame, for the
+    loss's in-plane scale term), ``index`` int.
 
     Args:
         path: HDF5 file.
@@ -270,6 +272,7 @@ class ReconH5Dataset(Dataset):
                 self.mask = torch.from_numpy(h5["mask"][:][rows])
                 self.canonical = torch.from_numpy(h5["canonical"][:][rows])
                 self.shape_sd = torch.from_numpy(h5["shape_sd"][:][rows])
+                self.cam_rotation = torch.from_numpy(h5["model_to_cam"][:][rows][:, :3, :3].astype(np.float32))
                 has = h5["has_bone"][:][rows] if "has_bone" in h5 else np.ones(len(rows), np.uint8)
                 self.has_bone = torch.from_numpy(has.astype(np.float32))
                 self.config = json.loads(h5.attrs["config"])
@@ -285,7 +288,8 @@ class ReconH5Dataset(Dataset):
         if self.augment is not None:
             img = self.augment(img)
         return {"image": img, "mask": self.mask[i].float(), "canonical": self.canonical[i].float(),
-                "shape_sd": self.shape_sd[i].float(), "has_bone": self.has_bone[i], "index": i}
+                "shape_sd": self.shape_sd[i].float(), "has_bone": self.has_bone[i],
+                "cam_rotation": self.cam_rotation[i], "index": i}
 
 
 class XrayAugment:

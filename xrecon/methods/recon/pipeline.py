@@ -76,6 +76,8 @@ class ReconConfig:
             the wider protocol's 650-850 mm source distances, with margin); a
             pose outside is marked low-confidence. A bone behind the source is a
             failure.
+        tta_shifts: network passes averaged over shifted copies of the image
+            (1 = none; see :func:`~xrecon.methods.recon.predict.network_outputs`).
         seed: seeds RANSAC and subsets.
     """
 
@@ -93,6 +95,7 @@ class ReconConfig:
     min_inlier_ratio: float = 0.3
     min_coverage: float = 0.05
     depth_range_mm: tuple[float, float] = (450.0, 1100.0)
+    tta_shifts: int = 1
     seed: int = 0
 
 
@@ -292,7 +295,7 @@ def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
     its pose is ignored)."""
     t0 = time.perf_counter()
     threshold = config.mask_threshold if config.mask_threshold is not None else getattr(net, "mask_threshold", 0.5)
-    pred = predict_dense(net, image, camera, threshold)
+    pred = predict_dense(net, image, camera, threshold, config.tta_shifts)
     t_net = time.perf_counter() - t0
     rec = reconstruct_from_prediction(pred, space, camera, config)
     rec.timings_s["network"] = t_net

@@ -45,7 +45,8 @@ def _dataset_facts(path: Path) -> dict:
 def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path, config: TrainConfig, *,
                 base_channels: int = 16, levels: int = 4, n_loss_vertices: int = 500, augment=None,
                 model_out: str | Path | None = None, command: str | None = None,
-                init: str | Path | None = None, fine_channels: int | None = None) -> Path:
+                init: str | Path | None = None, fine_channels: int | None = None,
+                loss_weights: ReconLossWeights = ReconLossWeights()) -> Path:
     """Train on ``train_h5`` (validate on ``val_h5``) and write the model file.
 
     Args:
@@ -67,6 +68,7 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
             (:class:`~xrecon.methods.recon.network.ReconNetConfig`); ``None`` keeps
             the initial model's (0 without ``init``). With ``init``, a branch the
             initial model lacks is added, starting as a no-op.
+        loss_weights: weights of the loss terms (:class:`~xrecon.methods.recon.loss.ReconLossWeights`).
 
     Returns the model file path (written by rank 0; other ranks return the same path).
     """
@@ -113,13 +115,13 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
         load_adding_branch(net, start.state_dict(), init)
     vids = space.vertex_subset(n_loss_vertices, seed=0)
     loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net_cfg.coord_scale_mm,
-                     ReconLossWeights())
+                     loss_weights)
     train_set = ConcatDataset([ReconH5Dataset(p, augment=augment) for p in train_files])
     val_set = ReconH5Dataset(val_h5)
     command = command or " ".join(sys.argv)
     run_info = {"method": "recon", "command": command, "net_config": net_cfg.to_dict(), "data": facts,
                 "init": None if start is None else str(init),
-                "loss_weights": ReconLossWeights().__dict__, "augment": getattr(augment, "__name__", str(augment))}
+                "loss_weights": dataclasses.asdict(loss_weights), "augment": getattr(augment, "__name__", str(augment))}
     result = train(net, loss, train_set, val_set, config, loss.metrics, run_info=run_info)
     out = Path(model_out) if model_out else Path(config.out_dir) / "recon_model.pt"
     if int(__import__("os").environ.get("RANK", "0")) == 0:

@@ -33,6 +33,7 @@ from xrecon.methods.scr.model_io import SCRModelInfo, load_scr_model, save_scr_m
 from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet, coordinates_from_output
 from xrecon.methods.scr.predict import SCRInferenceConfig, pose_from_correspondences, scene_correspondences
 from xrecon.methods.scr.unet import load_adding_branch
+from xrecon.train.losses import scale_error_pct
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,10 @@ class SCRNetConfig:
         val_max_images: validation images that get a full PnP per epoch.
         max_zoom: random zoom-in of the training images up to this factor
             (half of them; :class:`xrecon.methods.scr.data.ZoomAugment`); 1 = off.
+        layout_weight: weight of the in-plane scale error of each image's
+            predicted scene coordinates, in per cent
+            (:func:`xrecon.train.losses.scale_error_pct`): the error PnP turns
+            into depth; 0 = off (seed 002's loss).
     """
 
     base_channels: int = 16
@@ -66,10 +71,13 @@ class SCRNetConfig:
     beta: float = 0.0
     val_max_images: int = 128
     max_zoom: float = 1.0
+    layout_weight: float = 0.0
 
 
-def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, beta: float = 0.0):
-    """``loss_fn(model, batch) -> (loss, logs)`` for :func:`xrecon.train.loop.train`."""
+def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, beta: float = 0.0,
+                 layout_weight: float = 0.0):
+    """``loss_fn(model, batch) -> (loss, logs)`` for :func:`xrecon.train.loop.train`
+    (seed 002's loss, plus ``layout_weight`` x the in-plane scale error in per cent)."""
     centre = torch.tensor(normalizer.centre_mm, dtype=torch.float32)
     scale = float(normalizer.scale_mm)
 
@@ -81,7 +89,14 @@ def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, b
         terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight, beta)
         logs = {"nll": terms["nll"].mean(), "absent": terms["absent"].mean(),
                 "coord_error_mm": terms["error_norm"].mean() * scale}
-        return terms["loss"].mean(), logs
+        loss = terms["loss"].mean()
+        if layout_weight:
+            pred = torch.stack([out[:, 0:3], out[:, 4:7]], dim=1)  # (B, 2, 3, H, W)
+            layout = scale_error_pct(pred, torch.stack([entry, exit_], dim=1), batch["mask"],
+                                     batch["world_to_cam"][:, :3, :3])
+            logs["scale_error_pct"] = layout.detach().mean()
+            loss = loss + layout_weight * layout.mean()
+        return loss, logs
 
     return loss_fn
 
@@ -232,7 +247,8 @@ def train_scr(
                 "init": None if init is None or resuming else str(init),
                 "inference": dataclasses.asdict(inference),
                 "normalizer": dataclasses.asdict(normalizer), **(run_info or {})}
-    result = train(model, make_loss_fn(normalizer, net_config.absent_weight, net_config.beta), train_set, val, train_config,
+    result = train(model, make_loss_fn(normalizer, net_config.absent_weight, net_config.beta,
+                                       net_config.layout_weight), train_set, val, train_config,
                    make_metrics_fn(normalizer, targets_world, camera.height, camera.width, inference)
                    if val is not None else None, run_info=info_run)
     # The model file holds the final weights (the cosine schedule ends at a small
