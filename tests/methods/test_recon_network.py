@@ -169,7 +169,7 @@ def test_shift_averaging_realigns_each_copy_and_is_a_no_op_for_an_equivariant_ne
     single, averaged = network_outputs(net, x, 1)[0], network_outputs(net, x, 4)[0]
     assert averaged.shape == single.shape == (2, 3, 32, 32)
     assert not torch.allclose(single, averaged)
-    with pytest.raises(ValueError, match="shifts"):
+    with pytest.raises(InputError, match="shifts"):
         network_outputs(net, x, 0)
 
 

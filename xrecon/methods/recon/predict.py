@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xrecon.errors import InputError
 from xrecon.geometry import Camera
 from xrecon.methods.recon.network import ReconNet
 from xrecon.methods.scr.predict import prepare_image
@@ -71,7 +72,7 @@ def network_outputs(net: ReconNet, x: torch.Tensor, shifts: int = 1) -> tuple[to
         coords ``(2, 3, h, w)`` normalised, log_sigma ``(2, h, w)``, mask probability ``(h, w)``, shape_sd ``(K,)``.
     """
     if not 1 <= shifts <= len(TTA_SHIFTS):
-        raise ValueError(f"shifts must be in 1..{len(TTA_SHIFTS)}, got {shifts}")
+        raise InputError(f"tta shifts must be in 1..{len(TTA_SHIFTS)}, got {shifts}")
     h, w = x.shape[-2:]
     acc = torch.zeros(10, h, w, device=x.device)  # 6 coords, 2 log sigma, mask prob, count
     shape_sd = 0.0
