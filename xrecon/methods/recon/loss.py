@@ -103,8 +103,7 @@ class ReconLoss(nn.Module):
                 "shape_sd": has * (d_sd**2).mean(dim=1), "layout": layout,
                 # reported in mm / SD, for people
                 "coord_mm": coord.detach() * self.scale_mm, "shape_mm": vert.detach(),
-                "size_sd_abs": d_sd[:, 0].detach().abs(), "mask_iou": (inter / union),
-                "scale_error_pct": layout.detach()}
+                "size_sd_abs": d_sd[:, 0].detach().abs(), "mask_iou": (inter / union)}
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
         out = model(batch["image"])
@@ -119,4 +118,5 @@ class ReconLoss(nn.Module):
     def metrics(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Per-case validation metrics (mm, SD, IoU) for :func:`xrecon.train.train`."""
         terms = self.per_case(model(batch["image"]), batch)
-        return {k: terms[k] for k in ("coord_mm", "shape_mm", "size_sd_abs", "mask_iou", "scale_error_pct")}
+        return {**{k: terms[k] for k in ("coord_mm", "shape_mm", "size_sd_abs", "mask_iou")},
+                "scale_error_pct": terms["layout"]}
