@@ -53,6 +53,9 @@ def recon(
     layout_weight: float = typer.Option(0.0, help="Weight of the in-plane scale term of the loss (1 unit = a 1 percent "
                                                   "scale error of the image's predicted coordinates, which PnP "
                                                   "turns into depth; 0 = off)."),
+    along_ray_weight: float = typer.Option(1.0, help="Weight of the coordinate error along each pixel's ray (PnP "
+                                                     "sees only the part across the ray; 1 = plain Euclidean error, "
+                                                     "0 = reprojection error only)."),
 ) -> None:
     """Train the patient-wide reconstruction network on simulated X-rays of shape-model instances.
 
@@ -102,6 +105,8 @@ def recon(
         return
     if layout_weight < 0:
         raise InputError(f"--layout-weight must be >= 0, got {layout_weight}")
+    if not 0.0 <= along_ray_weight <= 1.0:
+        raise InputError(f"--along-ray-weight must be in [0, 1], got {along_ray_weight}")
     augment = None
     if not no_augment:
         from xrecon.methods.recon.data import XrayAugment
@@ -113,7 +118,7 @@ def recon(
     train_paths = sorted(data_dir.glob("train*.h5"))
     path = train_recon(train_paths, paths["val"], cfg, init=init, base_channels=base_channels, levels=levels,
                        fine_channels=fine_channels, augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]),
-                       loss_weights=ReconLossWeights(layout=layout_weight))
+                       loss_weights=ReconLossWeights(layout=layout_weight, along_ray=along_ray_weight))
     typer.echo(f"model: {path}")
     typer.echo(f"curves: {out / 'curves.png'}; history: {out / 'history.json'}")
 

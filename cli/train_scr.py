@@ -48,6 +48,9 @@ def scr(
     layout_weight: float = typer.Option(0.0, help="SCR only: weight of the in-plane scale term of the loss (1 unit = "
                                                   "a 1 percent scale error of the image's predicted scene "
                                                   "coordinates, which PnP turns into depth; 0 = off)."),
+    along_ray_weight: float = typer.Option(1.0, help="SCR only: weight of the coordinate error along each pixel's "
+                                                     "ray in the likelihood (PnP sees only the part across the "
+                                                     "ray; 1 = seed 002's loss, 0 = reprojection error only)."),
     val_fraction: float = typer.Option(0.05, help="Share of the dataset held out for validation."),
     val_images: int = typer.Option(96, help="Validation images that get a full PnP per epoch."),
     threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
@@ -91,7 +94,8 @@ def scr(
             targets_world=setup.targets_world, target_names=setup.target_names, train_config=cfg,
             net_config=SCRNetConfig(base_channels=base_channels, levels=levels, input_stride=input_stride,
                                     fine_channels=fine_channels, beta=beta, val_max_images=val_images,
-                                    max_zoom=zoom_aug, layout_weight=layout_weight),
+                                    max_zoom=zoom_aug, layout_weight=layout_weight,
+                                    along_ray_weight=along_ray_weight),
             ct_info=setup.ct_info, run_info=run_info, init=init)
     elif method in ("posenet", "landmarks"):
         from xrecon.methods.baselines.train import train_baseline

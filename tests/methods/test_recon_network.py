@@ -90,7 +90,7 @@ def test_loss_is_zero_error_for_a_perfect_prediction_and_learns():
         opt.zero_grad()
         value.backward()
         opt.step()
-    assert float(value) < 0.7 * first
+    assert float(value.detach()) < 0.7 * first
     assert {"coord_mm", "shape_mm", "mask_iou"} <= set(loss.metrics(net, batch))
 
 
@@ -191,3 +191,60 @@ def test_layout_term_is_the_scale_error_in_percent_and_pulls_toward_one():
     terms["layout"].sum().backward()
     # the gradient shrinks the points that are too spread: it points outward from the centre
     assert float((grown.grad[:, :, :2] * (grown[:, :, :2] - centre[:, :, :2]).detach()).sum()) > 0
+
+
+def test_along_ray_weight_discounts_errors_along_each_pixels_ray():
+    """Predictions slid along their own rays (which PnP cannot see): with ``along_ray`` = w
+    the coordinate term is w x the plain error, and the across-ray error reported is 0."""
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config())
+    batch = _batch(net)
+    source = torch.tensor([[700.0, -40.0, 30.0]]).expand(len(batch["image"]), 3)
+    batch["cam_source"] = source
+    truth = batch["canonical"]
+    ray = truth - source.reshape(-1, 1, 3, 1, 1)
+    slid = truth + 0.01 * ray * batch["mask"][:, None, None]  # 7-ish mm along the ray on bone pixels
+    normalise = lambda x: net.normalize(x.permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)  # noqa: E731
+    out = net(batch["image"])._replace(coords=normalise(slid))
+    modes = torch.randn(4, 50, 3)
+    plain = ReconLoss(modes, net.centre_mm, float(net.scale_mm)).per_case(out, batch)
+    half = ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(along_ray=0.5)).per_case(out, batch)
+    none = ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(along_ray=0.0)).per_case(out, batch)
+    assert float(plain["coord_mm"].min()) > 5.0
+    torch.testing.assert_close(half["coord"], 0.5 * plain["coord"], rtol=1e-4, atol=1e-6)
+    assert float(none["coord"].max()) < 1e-4
+    # the reported errors do not depend on the weights: full distance and across-ray part
+    torch.testing.assert_close(half["coord_mm"], plain["coord_mm"])
+    assert float(plain["coord_across_mm"].max()) < 1e-2
+    # a sideways error is all across the ray
+    side = truth.clone()
+    side[:, :, 2] += 4.0 * batch["mask"][:, None]  # +4 mm in z: nearly perpendicular to rays along x
+    out = net(batch["image"])._replace(coords=normalise(side))
+    terms = ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(along_ray=0.0)).per_case(out, batch)
+    assert float(terms["coord_across_mm"].min()) > 3.9
+    with pytest.raises(KeyError, match="cam_source"):
+        del batch["cam_source"]
+        ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(along_ray=0.5)).per_case(out, batch)
+
+
+def test_dataset_items_carry_the_source_in_the_model_frame(tmp_path):
+    """``cam_source`` is the point ``model_to_cam`` maps to the camera centre (0, 0, 0)."""
+    from scipy.spatial.transform import Rotation
+
+    from xrecon.methods.recon.data import ReconH5Dataset
+
+    m2c = np.tile(np.eye(4), (2, 1, 1))
+    m2c[:, :3, :3] = Rotation.random(2, random_state=0).as_matrix()
+    m2c[:, :3, 3] = [[10.0, -5.0, 765.0], [-30.0, 20.0, 700.0]]
+    path = tmp_path / "d.h5"
+    with h5py.File(path, "w") as h5:
+        h5["image"] = np.zeros((2, 8, 8), np.float32)
+        h5["mask"] = np.zeros((2, 8, 8), np.uint8)
+        h5["canonical"] = np.zeros((2, 2, 3, 8, 8), np.float32)
+        h5["shape_sd"] = np.zeros((2, 4), np.float32)
+        h5["model_to_cam"] = m2c
+        h5.attrs["config"] = "{}"
+    ds = ReconH5Dataset(path)
+    for i in range(2):
+        src = ds[i]["cam_source"].double().numpy()
+        np.testing.assert_allclose(m2c[i, :3, :3] @ src + m2c[i, :3, 3], 0.0, atol=1e-3)

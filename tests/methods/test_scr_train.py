@@ -154,3 +154,38 @@ def test_layout_term_adds_the_in_plane_scale_error_of_the_predicted_coordinates(
     assert "scale_error_pct" not in logs0
     assert abs(float(logs["scale_error_pct"]) - 2.0) < 0.02
     assert abs(float(total - base) - 0.5 * 2.0) < 0.01
+
+
+def test_along_ray_weight_ignores_errors_that_do_not_move_the_projection():
+    """A 'network' whose scene coordinates are the exact ellipsoid points slid 2 % along
+    their own rays: with ``along_ray_weight`` = 0 its likelihood equals the truth's (the
+    source is found from ``world_to_cam``); with the seed's loss it is worse."""
+    from torch.utils.data import default_collate
+
+    from xrecon.methods.scr.train import make_loss_fn
+
+    ds = EllipsoidDataset(2, size=32, seed=4)
+    batch = default_collate([ds[i] for i in range(2)])
+    norm = CoordinateNormalizer(tuple(CENTRE_MM), 60.0)
+    c = torch.tensor(CENTRE_MM, dtype=torch.float32)[None, :, None, None]
+    w2c = batch["world_to_cam"].double()
+    source = -torch.einsum("bji,bj->bi", w2c[:, :3, :3], w2c[:, :3, 3]).float()[:, :, None, None]
+
+    def output_for(shift: float):
+        maps = []
+        for k in ("entry_world", "exit_world"):
+            x = torch.nan_to_num(batch[k])
+            maps += [(x + shift * (x - source) - c) / 60.0, torch.full_like(x[:, :1], -1.0)]
+        return torch.cat(maps, dim=1)
+
+    def loss(output, weight):
+        return make_loss_fn(norm, along_ray_weight=weight)(lambda _image: output, batch)[0]
+
+    exact, slid = output_for(0.0), output_for(0.02)
+    assert abs(float(loss(slid, 0.0) - loss(exact, 0.0))) < 1e-3
+    full = float(loss(slid, 1.0) - loss(exact, 1.0))
+    assert full > 0.5
+    # half the weight on the along-ray error = a quarter of its squared error in the likelihood
+    assert abs(float(loss(slid, 0.5) - loss(exact, 0.5)) - 0.25 * full) < 1e-3
+    with pytest.raises(InputError, match="along_ray_weight"):
+        SCRNetConfig(along_ray_weight=1.5)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from scipy.spatial.transform import Rotation
 
-from xrecon.train.losses import MIN_LAYOUT_POINTS, inplane_scale, scale_error_pct
+from xrecon.train.losses import MIN_LAYOUT_POINTS, along_ray_sq, inplane_scale, ray_weighted_sq, scale_error_pct
 
 
 def test_inplane_scale_reads_a_planted_magnification_and_ignores_depth():
@@ -37,3 +37,45 @@ def test_inplane_scale_reads_a_planted_magnification_and_ignores_depth():
     torch.testing.assert_close(s2, torch.tensor([1.03, 0.98]), atol=1e-4, rtol=0)
     assert n2.tolist() == [256 + 96, 256 + 96]
     torch.testing.assert_close(scale_error_pct(pred, target, mask, rot), torch.tensor([3.0, 2.0]), atol=1e-2, rtol=0)
+
+
+def _project(w2c: torch.Tensor, K: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x (B, S, 3, H, W)`` world points -> ``(B, S, 2, H, W)`` pixels (OpenCV pinhole)."""
+    cam = torch.einsum("bij,bsjhw->bsihw", w2c[:, :3, :3], x) + w2c[:, :3, 3].reshape(-1, 1, 3, 1, 1)
+    pix = torch.einsum("ij,bsjhw->bsihw", K, cam)
+    return pix[:, :, :2] / pix[:, :, 2:]
+
+
+def test_along_ray_error_is_the_part_that_does_not_move_the_projection():
+    g = torch.Generator().manual_seed(0)
+    rot = torch.tensor(Rotation.random(2, random_state=2).as_matrix(), dtype=torch.float64)
+    w2c = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+    w2c[:, :3, :3] = rot
+    w2c[:, :3, 3] = torch.tensor([[5.0, -10.0, 760.0], [-20.0, 15.0, 700.0]], dtype=torch.float64)
+    source = -torch.einsum("bji,bj->bi", rot, w2c[:, :3, 3])  # the camera centre in the world frame
+    K = torch.tensor([[1000.0, 0, 64], [0, 1000.0, 64], [0, 0, 1]], dtype=torch.float64)
+    target = torch.randn(2, 2, 3, 8, 8, generator=g, dtype=torch.float64) * 40
+    # slide every point along its own ray by a random amount: it still projects onto its pixel
+    ray = target - source.reshape(2, 1, 3, 1, 1)
+    slide = torch.randn(2, 2, 1, 8, 8, generator=g, dtype=torch.float64) * 0.02 * ray
+    along_sq, across_sq = along_ray_sq(target + slide, target, source)
+    torch.testing.assert_close(_project(w2c, K, target + slide), _project(w2c, K, target))
+    torch.testing.assert_close(along_sq, slide.pow(2).sum(dim=2))
+    assert float(across_sq.max()) < 1e-9
+    # a step across the ray moves the projection and is all "across"
+    side = torch.linalg.cross(ray, torch.randn(2, 2, 3, 8, 8, generator=g, dtype=torch.float64), dim=2)
+    side = side / side.norm(dim=2, keepdim=True) * 3.0
+    along_sq, across_sq = along_ray_sq(target + side, target, source)
+    torch.testing.assert_close(across_sq, torch.full_like(across_sq, 9.0))
+    assert float(along_sq.max()) < 1e-9
+    assert float((_project(w2c, K, target + side) - _project(w2c, K, target)).norm(dim=2).min()) > 1.0
+    # the weighted error: 1 is the plain squared distance, 0 keeps only the part across the ray
+    pred = target + slide + side
+    plain = (pred - target).pow(2).sum(dim=2)
+    torch.testing.assert_close(ray_weighted_sq(pred, target, source, 1.0), plain)
+    torch.testing.assert_close(ray_weighted_sq(pred, target, None, 0.5), plain)
+    torch.testing.assert_close(ray_weighted_sq(pred, target, source, 0.0), torch.full_like(plain, 9.0))
+    torch.testing.assert_close(ray_weighted_sq(pred, target, source, 0.5),
+                               9.0 + 0.25 * slide.pow(2).sum(dim=2))
+    # (B, 3, H, W) fields (one surface) work the same way
+    torch.testing.assert_close(ray_weighted_sq(pred[:, 0], target[:, 0], source, 0.0), torch.full_like(plain[:, 0], 9.0))

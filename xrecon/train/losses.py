@@ -7,6 +7,13 @@ PnP does not: it reads the bone's distance from how far apart the predicted
 points of the image lie. Points spread 1 % too little put the bone 1 % too
 close to the source (about 8 mm at seed 002's 765 mm), however small each
 pixel's error. A loss on ``|s - 1|`` singles out that component.
+
+:func:`along_ray_sq` / :func:`ray_weighted_sq`: the same argument per point.
+A predicted point that is wrong only *along* its pixel's ray still projects
+onto its pixel; PnP needs the component *across* the ray. A per-pixel loss
+that weights the along-ray part less (scene coordinate regression trained on
+the reprojection error, as DSAC* does, is the limit ``along_weight = 0``)
+spends the network's capacity where the pose is decided.
 """
 from __future__ import annotations
 
@@ -59,3 +66,40 @@ def scale_error_pct(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     the layout loss term."""
     s, _ = inplane_scale(pred, target, mask, cam_rotation)
     return (s - 1).abs() * 100.0
+
+
+def along_ray_sq(pred: torch.Tensor, target: torch.Tensor, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared error of each predicted point, split along and across its pixel's ray.
+
+    The ray of a pixel runs from the X-ray source through the true point, so
+    the part of the error along it moves the point along its own ray, which
+    does not change where it projects: PnP cannot see it. The part across the
+    ray is the reprojection error (times depth / focal length).
+
+    Args:
+        pred, target: ``(B, ..., 3, H, W)`` points (any units, one frame); the
+            coordinate axis is the third from last.
+        source: ``(B, 3)`` the X-ray source (camera centre) in that frame and unit.
+
+    Returns:
+        ``(along_sq, across_sq)``, each ``pred``'s shape without the coordinate
+        axis: ``((e . d)^2, |e|^2 - (e . d)^2)`` with ``e = pred - target`` and
+        ``d`` the unit direction from the source to the target. Smooth in
+        ``pred`` everywhere (no norm is taken).
+    """
+    shape = (source.shape[0],) + (1,) * (pred.ndim - 4) + (3, 1, 1)
+    ray = target - source.to(target).reshape(shape)
+    ray = ray / ray.norm(dim=-3, keepdim=True).clamp_min(1e-12)
+    e = pred - target
+    along_sq = (e * ray).sum(dim=-3).pow(2)
+    return along_sq, (e.pow(2).sum(dim=-3) - along_sq).clamp_min(0.0)
+
+
+def ray_weighted_sq(pred: torch.Tensor, target: torch.Tensor, source: torch.Tensor | None,
+                    along_weight: float = 1.0) -> torch.Tensor:
+    """``|e_across|^2 + along_weight^2 |e_along|^2`` per point (see :func:`along_ray_sq`);
+    ``along_weight = 1`` (or no ``source``) is the plain squared distance."""
+    if along_weight == 1.0 or source is None:
+        return (pred - target).pow(2).sum(dim=-3)
+    along_sq, across_sq = along_ray_sq(pred, target, source)
+    return across_sq + along_weight**2 * along_sq

@@ -251,7 +251,9 @@ class ReconH5Dataset(Dataset):
     ``shape_sd (K,)`` float32, ``has_bone`` float32 (0 for negatives; files
     without the field hold bone only), ``cam_rotation (3, 3)`` float32 (the
     rotation of ``model_to_cam``: the camera's axes in the model frame, for the
-    loss's in-plane scale term), ``index`` int.
+    loss's in-plane scale term), ``cam_source (3,)`` float32 (the X-ray source
+    in the model frame, mm: where every pixel's ray starts, for the loss's
+    along-ray weight), ``index`` int.
 
     Args:
         path: HDF5 file.
@@ -272,7 +274,11 @@ class ReconH5Dataset(Dataset):
                 self.mask = torch.from_numpy(h5["mask"][:][rows])
                 self.canonical = torch.from_numpy(h5["canonical"][:][rows])
                 self.shape_sd = torch.from_numpy(h5["shape_sd"][:][rows])
-                self.cam_rotation = torch.from_numpy(h5["model_to_cam"][:][rows][:, :3, :3].astype(np.float32))
+                m2c = h5["model_to_cam"][:][rows]
+                self.cam_rotation = torch.from_numpy(m2c[:, :3, :3].astype(np.float32))
+                # the source (camera centre) in the model frame: -R^T t
+                self.cam_source = torch.from_numpy(
+                    -np.einsum("nji,nj->ni", m2c[:, :3, :3], m2c[:, :3, 3]).astype(np.float32))
                 has = h5["has_bone"][:][rows] if "has_bone" in h5 else np.ones(len(rows), np.uint8)
                 self.has_bone = torch.from_numpy(has.astype(np.float32))
                 self.config = json.loads(h5.attrs["config"])
@@ -289,7 +295,7 @@ class ReconH5Dataset(Dataset):
             img = self.augment(img)
         return {"image": img, "mask": self.mask[i].float(), "canonical": self.canonical[i].float(),
                 "shape_sd": self.shape_sd[i].float(), "has_bone": self.has_bone[i],
-                "cam_rotation": self.cam_rotation[i], "index": i}
+                "cam_rotation": self.cam_rotation[i], "cam_source": self.cam_source[i], "index": i}
 
 
 class XrayAugment:

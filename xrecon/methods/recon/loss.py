@@ -3,7 +3,11 @@
 Terms (each a mean over the batch; coordinates in the network's normalised units):
 
 * ``coord``: Euclidean error of the entry and exit canonical coordinates on
-  bone pixels (an L1-like norm: robust to the few pixels grazing the surface);
+  bone pixels (an L1-like norm: robust to the few pixels grazing the surface).
+  With ``along_ray`` < 1 the error's component along the pixel's ray (which
+  moves a point without moving its projection, so PnP cannot see it) counts
+  that much less: ``sqrt(e_across^2 + along_ray^2 e_along^2)``
+  (:func:`xrecon.train.losses.ray_weighted_sq`; needs ``cam_source``);
 * ``sigma``: Laplace negative log-likelihood of that (detached) error under the
   predicted sigma, ``e / sigma + log sigma``, so sigma learns to predict the
   error without pulling on the coordinates (seed 002's uncertainty, decoupled
@@ -31,8 +35,11 @@ Terms (each a mean over the batch; coordinates in the network's normalised units
   than ``MIN_LAYOUT_POINTS`` points do not count.
 
 A batch is a dict: ``image (B, 1, H, W)``, ``mask (B, H, W)``, ``canonical
-(B, 2, 3, H, W)`` (mm, model frame), ``shape_sd (B, K)``, optionally ``has_bone (B,)``
-and ``cam_rotation (B, 3, 3)``.
+(B, 2, 3, H, W)`` (mm, model frame), ``shape_sd (B, K)``, optionally ``has_bone (B,)``,
+``cam_rotation (B, 3, 3)`` and ``cam_source (B, 3)`` (mm, model frame).
+
+Validation also reports ``coord_across_mm``: the error across the ray alone
+(the reprojection error in mm at the point's depth), whatever the weights.
 """
 from __future__ import annotations
 
@@ -42,13 +49,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xrecon.train.losses import scale_error_pct
+from xrecon.train.losses import along_ray_sq, ray_weighted_sq, scale_error_pct
 
 
 @dataclass(frozen=True)
 class ReconLossWeights:
     """Weights of the loss terms (see module docstring). ``layout`` = 0 gives
-    the loss the first models were trained with."""
+    and ``along_ray`` = 1 give the loss the first models were trained with."""
 
     coord: float = 1.0
     sigma: float = 0.1
@@ -56,6 +63,7 @@ class ReconLossWeights:
     shape: float = 1.0
     shape_sd: float = 0.02
     layout: float = 0.0
+    along_ray: float = 1.0
 
 
 class ReconLoss(nn.Module):
@@ -79,10 +87,23 @@ class ReconLoss(nn.Module):
         """Every term and error, one value per case ``(B,)``."""
         mask = batch["mask"].float()  # (B, H, W)
         target = (batch["canonical"].float() - self.centre_mm.to(out.coords)) / self.scale_mm  # (B, 2, 3, H, W)
-        err = (out.coords - target).norm(dim=2)  # (B, 2, H, W)
+        source = batch.get("cam_source")
+        if source is not None:
+            source = (source.to(out.coords) - self.centre_mm.reshape(1, 3).to(out.coords)) / self.scale_mm
+        elif self.weights.along_ray != 1.0:
+            raise KeyError("ReconLoss: along_ray != 1 needs 'cam_source' in the batch")
+        err = (ray_weighted_sq(out.coords, target, source, self.weights.along_ray) + 1e-12).sqrt()  # (B, 2, H, W)
         m2 = mask[:, None].expand_as(err)
         n_fg = m2.sum(dim=(1, 2, 3)).clamp_min(1.0)
         coord = (err * m2).sum(dim=(1, 2, 3)) / n_fg
+        with torch.no_grad():
+            full = (out.coords - target).norm(dim=2)
+            coord_full = (full * m2).sum(dim=(1, 2, 3)) / n_fg
+            if source is not None:
+                across = along_ray_sq(out.coords, target, source)[1].sqrt()
+                coord_across = (across * m2).sum(dim=(1, 2, 3)) / n_fg
+            else:
+                coord_across = torch.full_like(coord_full, float("nan"))
         nll = err.detach() * torch.exp(-out.log_sigma) + out.log_sigma
         sigma = (nll * m2).sum(dim=(1, 2, 3)) / n_fg
         mask_bce = F.binary_cross_entropy_with_logits(out.mask_logit, mask, reduction="none").mean(dim=(1, 2))
@@ -102,7 +123,8 @@ class ReconLoss(nn.Module):
         return {"coord": coord, "sigma": sigma, "mask": mask_bce, "shape": has * vert / self.scale_mm,
                 "shape_sd": has * (d_sd**2).mean(dim=1), "layout": layout,
                 # reported in mm / SD, for people
-                "coord_mm": coord.detach() * self.scale_mm, "shape_mm": vert.detach(),
+                "coord_mm": coord_full * self.scale_mm, "coord_across_mm": coord_across * self.scale_mm,
+                "shape_mm": vert.detach(),
                 "size_sd_abs": d_sd[:, 0].detach().abs(), "mask_iou": (inter / union)}
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict]:
@@ -118,5 +140,5 @@ class ReconLoss(nn.Module):
     def metrics(self, model: nn.Module, batch: dict) -> dict[str, torch.Tensor]:
         """Per-case validation metrics (mm, SD, IoU) for :func:`xrecon.train.train`."""
         terms = self.per_case(model(batch["image"]), batch)
-        return {**{k: terms[k] for k in ("coord_mm", "shape_mm", "size_sd_abs", "mask_iou")},
+        return {**{k: terms[k] for k in ("coord_mm", "coord_across_mm", "shape_mm", "size_sd_abs", "mask_iou")},
                 "scale_error_pct": terms["layout"]}

@@ -17,18 +17,27 @@ weight's gradient stopped (beta-NLL, Seitzer et al., ICLR 2022). With ``beta =
 ``1 / sigma^2``, so pixels the network does not fit yet (large sigma) barely
 move the mean and training is slow, which matters on a CPU budget. ``beta =
 0.5`` keeps the minimiser (``u = X``, ``sigma = |X - u|``) and speeds it up.
+
+``along_weight`` < 1 (with the source position) counts the part of ``X - u``
+along the pixel's ray that much less in ``|X - u|^2``
+(:func:`xrecon.train.losses.ray_weighted_sq`): moving a point along its own
+ray does not move its projection, so PnP cannot see that part; sigma then
+learns the error PnP does see. ``along_weight = 1`` is the seed's loss.
 """
 from __future__ import annotations
 
 import torch
 
 from xrecon.errors import ShapeError
+from xrecon.train.losses import ray_weighted_sq
 
 
-def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor, beta: float = 0.0) -> torch.Tensor:
+def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor, beta: float = 0.0,
+                 source: torch.Tensor | None = None, along_weight: float = 1.0) -> torch.Tensor:
     """Per-pixel NLL of eq. 4. ``target, mean: (B, 3, H, W)``, ``log_sigma: (B, H, W)`` -> ``(B, H, W)``;
-    ``beta > 0`` multiplies it by the gradient-free weight ``sigma^(2 beta)`` (beta-NLL)."""
-    sq = (target - mean).pow(2).sum(dim=1)
+    ``beta > 0`` multiplies it by the gradient-free weight ``sigma^(2 beta)`` (beta-NLL);
+    ``source (B, 3)`` and ``along_weight`` < 1 weight the error along the pixel's ray less."""
+    sq = ray_weighted_sq(mean, target, source, along_weight)
     nll = sq * torch.exp(-2.0 * log_sigma) + 2.0 * log_sigma
     if beta:
         nll = nll * torch.exp(2.0 * beta * log_sigma).detach()
@@ -53,6 +62,8 @@ def scr_loss(
     bone_mask: torch.Tensor,
     absent_weight: float = 1.0,
     beta: float = 0.0,
+    source: torch.Tensor | None = None,
+    along_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """Seed 002's loss per image.
 
@@ -66,6 +77,9 @@ def scr_loss(
         bone_mask: ``(B, H, W)`` bool, True where the pixel's ray meets bone.
         absent_weight: weight of the non-existent term.
         beta: beta-NLL exponent (0 = the seed's loss).
+        source: ``(B, 3)`` the X-ray source in the targets' normalised frame
+            (needed when ``along_weight`` != 1).
+        along_weight: weight of the error along each pixel's ray (1 = the seed's loss).
 
     Returns:
         ``{"loss": (B,), "nll": (B,), "absent": (B,), "error_norm": (B,)}`` where
@@ -80,6 +94,8 @@ def scr_loss(
             raise ShapeError(name, f"({b}, 3, {h}, {w})", tuple(t.shape))
     if tuple(bone_mask.shape) != (b, h, w):
         raise ShapeError("bone_mask", f"({b}, {h}, {w})", tuple(bone_mask.shape))
+    if along_weight != 1.0 and (source is None or tuple(source.shape) != (b, 3)):
+        raise ShapeError("source", f"({b}, 3)", () if source is None else tuple(source.shape))
     mask = bone_mask.bool()
     zero = torch.zeros((), dtype=output.dtype, device=output.device)
     nll = absent = 0.0
@@ -91,7 +107,7 @@ def scr_loss(
         valid = mask & torch.isfinite(target).all(dim=1)
         target = torch.where(valid[:, None], target, zero)  # NaN never reaches a gradient
         mean, log_sigma = output[:, sl][:, :3], output[:, sl][:, 3]
-        nll = nll + _masked_mean(gaussian_nll(target, mean, log_sigma, beta), valid)
+        nll = nll + _masked_mean(gaussian_nll(target, mean, log_sigma, beta, source, along_weight), valid)
         absent = absent + _masked_mean(absent_penalty(log_sigma), ~mask)
         with torch.no_grad():
             err.append(_masked_mean((target - mean).norm(dim=1), valid))

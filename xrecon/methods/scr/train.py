@@ -61,6 +61,9 @@ class SCRNetConfig:
             predicted scene coordinates, in per cent
             (:func:`xrecon.train.losses.scale_error_pct`): the error PnP turns
             into depth; 0 = off (seed 002's loss).
+        along_ray_weight: weight of the coordinate error along each pixel's
+            ray in the likelihood (:mod:`xrecon.methods.scr.loss`); PnP sees
+            only the part across the ray; 1 = seed 002's loss.
     """
 
     base_channels: int = 16
@@ -72,12 +75,20 @@ class SCRNetConfig:
     val_max_images: int = 128
     max_zoom: float = 1.0
     layout_weight: float = 0.0
+    along_ray_weight: float = 1.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.along_ray_weight <= 1.0:
+            raise InputError(f"along_ray_weight must be in [0, 1], got {self.along_ray_weight}")
+        if self.layout_weight < 0:
+            raise InputError(f"layout_weight must be >= 0, got {self.layout_weight}")
 
 
 def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, beta: float = 0.0,
-                 layout_weight: float = 0.0):
+                 layout_weight: float = 0.0, along_ray_weight: float = 1.0):
     """``loss_fn(model, batch) -> (loss, logs)`` for :func:`xrecon.train.loop.train`
-    (seed 002's loss, plus ``layout_weight`` x the in-plane scale error in per cent)."""
+    (seed 002's loss, with the along-ray part of the error weighted by
+    ``along_ray_weight``, plus ``layout_weight`` x the in-plane scale error in per cent)."""
     centre = torch.tensor(normalizer.centre_mm, dtype=torch.float32)
     scale = float(normalizer.scale_mm)
 
@@ -86,7 +97,12 @@ def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, b
         c = centre.to(out.device)[None, :, None, None]
         entry = (batch["entry_world"].to(out.dtype) - c) / scale
         exit_ = (batch["exit_world"].to(out.dtype) - c) / scale
-        terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight, beta)
+        source = None
+        if along_ray_weight != 1.0:
+            w2c = batch["world_to_cam"].to(out.dtype)
+            # the source in the world frame, -R^T t, normalised like the coordinates
+            source = (-torch.einsum("bji,bj->bi", w2c[:, :3, :3], w2c[:, :3, 3]) - c[:, :, 0, 0]) / scale
+        terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight, beta, source, along_ray_weight)
         logs = {"nll": terms["nll"].mean(), "absent": terms["absent"].mean(),
                 "coord_error_mm": terms["error_norm"].mean() * scale}
         loss = terms["loss"].mean()
@@ -248,7 +264,8 @@ def train_scr(
                 "inference": dataclasses.asdict(inference),
                 "normalizer": dataclasses.asdict(normalizer), **(run_info or {})}
     result = train(model, make_loss_fn(normalizer, net_config.absent_weight, net_config.beta,
-                                       net_config.layout_weight), train_set, val, train_config,
+                                       net_config.layout_weight,
+                                       net_config.along_ray_weight), train_set, val, train_config,
                    make_metrics_fn(normalizer, targets_world, camera.height, camera.width, inference)
                    if val is not None else None, run_info=info_run)
     # The model file holds the final weights (the cosine schedule ends at a small
