@@ -53,9 +53,10 @@ def recon(
     layout_weight: float = typer.Option(0.0, help="Weight of the in-plane scale term of the loss (1 unit = a 1 percent "
                                                   "scale error of the image's predicted coordinates, which PnP "
                                                   "turns into depth; 0 = off)."),
-    along_ray_weight: float = typer.Option(1.0, help="Weight of the coordinate error along each pixel's ray (PnP "
-                                                     "sees only the part across the ray; 1 = plain Euclidean error, "
-                                                     "0 = reprojection error only)."),
+    along_ray_weight: float = typer.Option(1.0, help="Weight of the coordinate error along each pixel's ray (1 = "
+                                                     "plain Euclidean error; lower values favour the part across "
+                                                     "the ray, which PnP sees most; a heuristic, since predictions "
+                                                     "are snapped onto the mean surface: keep it well above 0)."),
 ) -> None:
     """Train the patient-wide reconstruction network on simulated X-rays of shape-model instances.
 

@@ -74,7 +74,7 @@ def along_ray_sq(pred: torch.Tensor, target: torch.Tensor, source: torch.Tensor)
     The ray of a pixel runs from the X-ray source through the true point, so
     the part of the error along it moves the point along its own ray, which
     does not change where it projects: PnP cannot see it. The part across the
-    ray is the reprojection error (times depth / focal length).
+    ray is about the reprojection error times depth / focal length.
 
     Args:
         pred, target: ``(B, ..., 3, H, W)`` points (any units, one frame); the

@@ -4,10 +4,13 @@ Terms (each a mean over the batch; coordinates in the network's normalised units
 
 * ``coord``: Euclidean error of the entry and exit canonical coordinates on
   bone pixels (an L1-like norm: robust to the few pixels grazing the surface).
-  With ``along_ray`` < 1 the error's component along the pixel's ray (which
-  moves a point without moving its projection, so PnP cannot see it) counts
+  With ``along_ray`` < 1 the error's component along the pixel's ray counts
   that much less: ``sqrt(e_across^2 + along_ray^2 e_along^2)``
-  (:func:`xrecon.train.losses.ray_weighted_sq`; needs ``cam_source``);
+  (:func:`xrecon.train.losses.ray_weighted_sq`; needs ``cam_source``). A
+  heuristic here, not an invariance: the pipeline snaps each prediction onto
+  the mean surface before PnP, so a slide along the ray becomes a shift
+  along an oblique surface, partly visible across the ray; only the
+  component along the surface normal is truly lost. Keep it well above 0;
 * ``sigma``: Laplace negative log-likelihood of that (detached) error under the
   predicted sigma, ``e / sigma + log sigma``, so sigma learns to predict the
   error without pulling on the coordinates (seed 002's uncertainty, decoupled
@@ -39,7 +42,8 @@ A batch is a dict: ``image (B, 1, H, W)``, ``mask (B, H, W)``, ``canonical
 ``cam_rotation (B, 3, 3)`` and ``cam_source (B, 3)`` (mm, model frame).
 
 Validation also reports ``coord_across_mm``: the error across the ray alone
-(the reprojection error in mm at the point's depth), whatever the weights.
+(about the reprojection error in mm at the point's depth, before the
+pipeline's snapping), whatever the weights.
 """
 from __future__ import annotations
 
@@ -92,7 +96,10 @@ class ReconLoss(nn.Module):
             source = (source.to(out.coords) - self.centre_mm.reshape(1, 3).to(out.coords)) / self.scale_mm
         elif self.weights.along_ray != 1.0:
             raise KeyError("ReconLoss: along_ray != 1 needs 'cam_source' in the batch")
-        err = (ray_weighted_sq(out.coords, target, source, self.weights.along_ray) + 1e-12).sqrt()  # (B, 2, H, W)
+        if self.weights.along_ray == 1.0:
+            err = (out.coords - target).norm(dim=2)  # (B, 2, H, W)
+        else:
+            err = (ray_weighted_sq(out.coords, target, source, self.weights.along_ray) + 1e-12).sqrt()
         m2 = mask[:, None].expand_as(err)
         n_fg = m2.sum(dim=(1, 2, 3)).clamp_min(1.0)
         coord = (err * m2).sum(dim=(1, 2, 3)) / n_fg
