@@ -104,10 +104,7 @@ def recon(
     if simulate_only:
         typer.echo(f"data: {paths['train']}, {paths['val']}")
         return
-    if layout_weight < 0:
-        raise InputError(f"--layout-weight must be >= 0, got {layout_weight}")
-    if not 0.0 <= along_ray_weight <= 1.0:
-        raise InputError(f"--along-ray-weight must be in [0, 1], got {along_ray_weight}")
+    loss_weights = ReconLossWeights(layout=layout_weight, along_ray=along_ray_weight)  # checks them
     augment = None
     if not no_augment:
         from xrecon.methods.recon.data import XrayAugment
@@ -119,7 +116,7 @@ def recon(
     train_paths = sorted(data_dir.glob("train*.h5"))
     path = train_recon(train_paths, paths["val"], cfg, init=init, base_channels=base_channels, levels=levels,
                        fine_channels=fine_channels, augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]),
-                       loss_weights=ReconLossWeights(layout=layout_weight, along_ray=along_ray_weight))
+                       loss_weights=loss_weights)
     typer.echo(f"model: {path}")
     typer.echo(f"curves: {out / 'curves.png'}; history: {out / 'history.json'}")
 

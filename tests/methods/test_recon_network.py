@@ -222,6 +222,8 @@ def test_along_ray_weight_discounts_errors_along_each_pixels_ray():
     out = net(batch["image"])._replace(coords=normalise(side))
     terms = ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(along_ray=0.0)).per_case(out, batch)
     assert float(terms["coord_across_mm"].min()) > 3.9
+    with pytest.raises(InputError, match="along-ray weight"):
+        ReconLossWeights(along_ray=1.5)
     with pytest.raises(KeyError, match="cam_source"):
         del batch["cam_source"]
         ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(along_ray=0.5)).per_case(out, batch)

@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import Dataset
 
 from xrecon.errors import InputError
-from xrecon.geometry import Camera
+from xrecon.geometry import Camera, se3
 from xrecon.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -274,11 +274,9 @@ class ReconH5Dataset(Dataset):
                 self.mask = torch.from_numpy(h5["mask"][:][rows])
                 self.canonical = torch.from_numpy(h5["canonical"][:][rows])
                 self.shape_sd = torch.from_numpy(h5["shape_sd"][:][rows])
-                m2c = h5["model_to_cam"][:][rows]
-                self.cam_rotation = torch.from_numpy(m2c[:, :3, :3].astype(np.float32))
-                # the source (camera centre) in the model frame: -R^T t
-                self.cam_source = torch.from_numpy(
-                    -np.einsum("nji,nj->ni", m2c[:, :3, :3], m2c[:, :3, 3]).astype(np.float32))
+                m2c = torch.from_numpy(h5["model_to_cam"][:][rows])
+                self.cam_rotation = m2c[:, :3, :3].float()
+                self.cam_source = se3.invert(m2c)[:, :3, 3].float()  # the camera centre in the model frame
                 has = h5["has_bone"][:][rows] if "has_bone" in h5 else np.ones(len(rows), np.uint8)
                 self.has_bone = torch.from_numpy(has.astype(np.float32))
                 self.config = json.loads(h5.attrs["config"])

@@ -53,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xrecon.errors import InputError
 from xrecon.train.losses import along_ray_sq, ray_weighted_sq, scale_error_pct
 
 
@@ -68,6 +69,12 @@ class ReconLossWeights:
     shape_sd: float = 0.02
     layout: float = 0.0
     along_ray: float = 1.0
+
+    def __post_init__(self):
+        if self.layout < 0:
+            raise InputError(f"the layout weight must be >= 0, got {self.layout}")
+        if not 0.0 <= self.along_ray <= 1.0:
+            raise InputError(f"the along-ray weight must be in [0, 1], got {self.along_ray}")
 
 
 class ReconLoss(nn.Module):
@@ -96,16 +103,16 @@ class ReconLoss(nn.Module):
             source = (source.to(out.coords) - self.centre_mm.reshape(1, 3).to(out.coords)) / self.scale_mm
         elif self.weights.along_ray != 1.0:
             raise KeyError("ReconLoss: along_ray != 1 needs 'cam_source' in the batch")
+        full = (out.coords - target).norm(dim=2)  # (B, 2, H, W)
         if self.weights.along_ray == 1.0:
-            err = (out.coords - target).norm(dim=2)  # (B, 2, H, W)
+            err = full
         else:
             err = (ray_weighted_sq(out.coords, target, source, self.weights.along_ray) + 1e-12).sqrt()
         m2 = mask[:, None].expand_as(err)
         n_fg = m2.sum(dim=(1, 2, 3)).clamp_min(1.0)
         coord = (err * m2).sum(dim=(1, 2, 3)) / n_fg
         with torch.no_grad():
-            full = (out.coords - target).norm(dim=2)
-            coord_full = (full * m2).sum(dim=(1, 2, 3)) / n_fg
+            coord_full = (full.detach() * m2).sum(dim=(1, 2, 3)) / n_fg
             if source is not None:
                 across = along_ray_sq(out.coords, target, source)[1].sqrt()
                 coord_across = (across * m2).sum(dim=(1, 2, 3)) / n_fg

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xrecon.geometry import Camera
+from xrecon.geometry import Camera, se3
 from xrecon.methods.scr.loss import scr_loss
 from xrecon.methods.scr.data import ZoomAugment, first_items
 from xrecon.errors import InputError
@@ -99,9 +99,8 @@ def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, b
         exit_ = (batch["exit_world"].to(out.dtype) - c) / scale
         source = None
         if along_ray_weight != 1.0:
-            w2c = batch["world_to_cam"].to(out.dtype)
-            # the source in the world frame, -R^T t, normalised like the coordinates
-            source = (-torch.einsum("bji,bj->bi", w2c[:, :3, :3], w2c[:, :3, 3]) - c[:, :, 0, 0]) / scale
+            # the camera centre in the world frame, normalised like the coordinates
+            source = (se3.invert(batch["world_to_cam"])[:, :3, 3].to(out.dtype) - c[:, :, 0, 0]) / scale
         terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight, beta, source, along_ray_weight)
         logs = {"nll": terms["nll"].mean(), "absent": terms["absent"].mean(),
                 "coord_error_mm": terms["error_norm"].mean() * scale}
