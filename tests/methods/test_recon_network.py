@@ -250,3 +250,27 @@ def test_dataset_items_carry_the_source_in_the_model_frame(tmp_path):
     for i in range(2):
         src = ds[i]["cam_source"].double().numpy()
         np.testing.assert_allclose(m2c[i, :3, :3] @ src + m2c[i, :3, 3], 0.0, atol=1e-3)
+
+
+def test_resumed_run_keeps_the_loss_weights_it_started_with(tmp_path):
+    """A run started with ``along_ray=0.5`` and resumed without it goes on with 0.5."""
+    import json
+
+    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset
+    from xrecon.methods.recon.train import train_recon
+    from xrecon.train import TrainConfig
+
+    cfg = ReconDataConfig(split="val", n_shapes=1, views_per_shape=2, protocol="seed002", image_size=32,
+                          phantom_spacing_mm=4.0, render_spacing_mm=4.0, n_samples=32, seed=3)
+    data = generate_dataset(tmp_path / "tiny.h5", cfg, progress=False)
+    run = tmp_path / "run"
+
+    def weights_used(epochs, weights):
+        tc = TrainConfig(out_dir=run, epochs=epochs, batch_size=2, lr=1e-3, num_workers=0, num_threads=1,
+                         device="cpu", progress=False)
+        train_recon(data, data, tc, base_channels=4, levels=2, n_loss_vertices=20, loss_weights=weights)
+        info = json.loads((run / "config.json").read_text())["run_info"]
+        return info["loss_weights"]["along_ray"], len(json.loads((run / "history.json").read_text()))
+
+    assert weights_used(1, ReconLossWeights(along_ray=0.5)) == (0.5, 1)
+    assert weights_used(2, ReconLossWeights()) == (0.5, 2)

@@ -68,7 +68,8 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
             (:class:`~xrecon.methods.recon.network.ReconNetConfig`); ``None`` keeps
             the initial model's (0 without ``init``). With ``init``, a branch the
             initial model lacks is added, starting as a no-op.
-        loss_weights: weights of the loss terms (:class:`~xrecon.methods.recon.loss.ReconLossWeights`).
+        loss_weights: weights of the loss terms (:class:`~xrecon.methods.recon.loss.ReconLossWeights`);
+            a resumed run keeps the weights recorded in its ``config.json``.
 
     Returns the model file path (written by rank 0; other ranks return the same path).
     """
@@ -99,6 +100,12 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
     resuming = resumed is not None
     if resumed and "net_config" in resumed:  # the network the run started with (e.g. from --init)
         net_cfg = ReconNetConfig.from_dict(resumed["net_config"])
+    if resumed and "loss_weights" in resumed:  # and the loss it was trained with
+        saved = ReconLossWeights(**resumed["loss_weights"])
+        if saved != loss_weights and loss_weights != ReconLossWeights():
+            log.warning("resuming %s with the loss weights it started with (%s), not the ones given (%s)",
+                        config.out_dir, saved, loss_weights)
+        loss_weights = saved
     if init is not None and not resuming:
         start, _space, _info = load_recon_model(init)
         if _space.fingerprint != space.fingerprint or start.config.image_size != size:
