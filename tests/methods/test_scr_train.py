@@ -187,5 +187,9 @@ def test_along_ray_weight_ignores_errors_that_do_not_move_the_projection():
     assert full > 0.5
     # half the weight on the along-ray error = a quarter of its squared error in the likelihood
     assert abs(float(loss(slid, 0.5) - loss(exact, 0.5)) - 0.25 * full) < 1e-3
+    # the logs split the error the same way: all of the slide is along the rays
+    logs = make_loss_fn(norm, along_ray_weight=0.5)(lambda _image: slid, batch)[1]
+    assert float(logs["coord_error_mm"]) > 1.0 and float(logs["coord_across_mm"]) < 1e-2
+    assert "coord_across_mm" not in make_loss_fn(norm)(lambda _image: slid, batch)[1]
     with pytest.raises(InputError, match="along_ray_weight"):
         SCRNetConfig(along_ray_weight=1.5)

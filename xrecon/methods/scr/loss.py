@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 
 from xrecon.errors import ShapeError
-from xrecon.train.losses import ray_weighted_sq
+from xrecon.train.losses import along_ray_sq, ray_weighted_sq
 
 
 def gaussian_nll(target: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor, beta: float = 0.0,
@@ -99,7 +99,7 @@ def scr_loss(
     mask = bone_mask.bool()
     zero = torch.zeros((), dtype=output.dtype, device=output.device)
     nll = absent = 0.0
-    err = []
+    err, across = [], []
     for target, sl in ((entry_norm, slice(0, 4)), (exit_norm, slice(4, 8))):
         target = target.to(output.dtype)
         # a bone pixel whose coordinate is undefined (e.g. a ray leaving through
@@ -111,4 +111,9 @@ def scr_loss(
         absent = absent + _masked_mean(absent_penalty(log_sigma), ~mask)
         with torch.no_grad():
             err.append(_masked_mean((target - mean).norm(dim=1), valid))
-    return {"loss": nll + absent_weight * absent, "nll": nll, "absent": absent, "error_norm": (err[0] + err[1]) / 2}
+            if source is not None:
+                across.append(_masked_mean(along_ray_sq(mean, target, source)[1].sqrt(), valid))
+    terms = {"loss": nll + absent_weight * absent, "nll": nll, "absent": absent, "error_norm": (err[0] + err[1]) / 2}
+    if across:
+        terms["across_error_norm"] = (across[0] + across[1]) / 2
+    return terms

@@ -104,6 +104,8 @@ def make_loss_fn(normalizer: CoordinateNormalizer, absent_weight: float = 1.0, b
         terms = scr_loss(out, entry, exit_, batch["mask"], absent_weight, beta, source, along_ray_weight)
         logs = {"nll": terms["nll"].mean(), "absent": terms["absent"].mean(),
                 "coord_error_mm": terms["error_norm"].mean() * scale}
+        if "across_error_norm" in terms:  # the part PnP sees
+            logs["coord_across_mm"] = terms["across_error_norm"].mean() * scale
         loss = terms["loss"].mean()
         if layout_weight:
             pred = torch.stack([out[:, 0:3], out[:, 4:7]], dim=1)  # (B, 2, 3, H, W)
@@ -210,7 +212,8 @@ def train_scr(
         camera: the training detector at the network resolution (one view).
         targets_world: ``(T, 3)`` mTRE targets (world mm); target_names: their names.
         train_config: :class:`xrecon.train.loop.TrainConfig` (``monitor`` is
-            set to the validation ``coord_error_mm`` when there is a validation
+            set to the validation ``coord_error_mm``, or ``coord_across_mm``
+            when the along-ray error is discounted, when there is a validation
             set and the config monitors the loss).
         net_config: :class:`SCRNetConfig`.
         inference: PnP settings used for validation and stored in the model.
@@ -229,15 +232,17 @@ def train_scr(
     """
     from xrecon.train.loop import train
 
-    if val_set is not None and train_config.monitor == "loss":
-        # continuous, unlike the clipped mTRE which sits at its clip until PnP starts to work
-        train_config = dataclasses.replace(train_config, monitor="coord_error_mm", monitor_mode="min")
     from xrecon.train import resumed_run_info
 
     resumed = resumed_run_info(train_config)
     resuming = resumed is not None
     if resumed and resumed.get("net_config"):  # the network the run started with
         net_config = SCRNetConfig(**resumed["net_config"])
+    if val_set is not None and train_config.monitor == "loss":
+        # continuous, unlike the clipped mTRE which sits at its clip until PnP starts to work;
+        # with the along-ray error discounted, the full error may rise while PnP improves
+        monitor = "coord_error_mm" if net_config.along_ray_weight == 1.0 else "coord_across_mm"
+        train_config = dataclasses.replace(train_config, monitor=monitor, monitor_mode="min")
     model = SceneCoordinateNet(normalizer, net_config.base_channels, net_config.levels, net_config.input_stride,
                                net_config.fine_channels)
     if init is not None and not resuming:
