@@ -57,6 +57,10 @@ def recon(
                                                      "plain Euclidean error; lower values favour the part across "
                                                      "the ray, which PnP sees most; a heuristic, since predictions "
                                                      "are snapped onto the mean surface: keep it well above 0)."),
+    zoom_aug: float = typer.Option(1.0, "--zoom-aug", help="Zoom half of the training images in about the principal "
+                                                           "point by up to this factor (exact for the per-pixel "
+                                                           "targets: a longer focal length; zoomed images do not "
+                                                           "train the size mode; 1 = off)."),
 ) -> None:
     """Train the patient-wide reconstruction network on simulated X-rays of shape-model instances.
 
@@ -116,7 +120,7 @@ def recon(
     train_paths = sorted(data_dir.glob("train*.h5"))
     path = train_recon(train_paths, paths["val"], cfg, init=init, base_channels=base_channels, levels=levels,
                        fine_channels=fine_channels, augment=augment, command=" ".join(["xrecon"] + sys.argv[1:]),
-                       loss_weights=loss_weights)
+                       loss_weights=loss_weights, max_zoom=zoom_aug)
     typer.echo(f"model: {path}")
     typer.echo(f"curves: {out / 'curves.png'}; history: {out / 'history.json'}")
 

@@ -253,7 +253,8 @@ def test_dataset_items_carry_the_source_in_the_model_frame(tmp_path):
 
 
 def test_resumed_run_keeps_the_loss_weights_it_started_with(tmp_path):
-    """A run started with ``along_ray=0.5`` and resumed without it goes on with 0.5."""
+    """A run started with ``along_ray=0.5`` and zoom augmentation, resumed
+    without them, goes on with both."""
     import json
 
     from xrecon.methods.recon.data import ReconDataConfig, generate_dataset
@@ -265,12 +266,71 @@ def test_resumed_run_keeps_the_loss_weights_it_started_with(tmp_path):
     data = generate_dataset(tmp_path / "tiny.h5", cfg, progress=False)
     run = tmp_path / "run"
 
-    def weights_used(epochs, weights):
+    def weights_used(epochs, weights, max_zoom=1.0):
         tc = TrainConfig(out_dir=run, epochs=epochs, batch_size=2, lr=1e-3, num_workers=0, num_threads=1,
                          device="cpu", progress=False)
-        train_recon(data, data, tc, base_channels=4, levels=2, n_loss_vertices=20, loss_weights=weights)
+        train_recon(data, data, tc, base_channels=4, levels=2, n_loss_vertices=20, loss_weights=weights,
+                    max_zoom=max_zoom)
         info = json.loads((run / "config.json").read_text())["run_info"]
-        return info["loss_weights"]["along_ray"], len(json.loads((run / "history.json").read_text()))
+        return (info["loss_weights"]["along_ray"], info["max_zoom"],
+                len(json.loads((run / "history.json").read_text())))
 
-    assert weights_used(1, ReconLossWeights(along_ray=0.5)) == (0.5, 1)
-    assert weights_used(2, ReconLossWeights()) == (0.5, 2)
+    assert weights_used(1, ReconLossWeights(along_ray=0.5), max_zoom=1.2) == (0.5, 1.2, 1)
+    assert weights_used(2, ReconLossWeights()) == (0.5, 1.2, 2)
+
+
+def test_zoomed_images_do_not_train_the_size_mode():
+    """A zoom looks like a bigger or nearer bone: on zoomed cases a size (mode 1)
+    error costs nothing, an error of any other mode still does."""
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config())
+    loss = ReconLoss(torch.randn(4, 50, 3) * 5, net.centre_mm, float(net.scale_mm))
+    batch = _batch(net)
+    out = net(batch["image"])
+    coords = net.normalize(batch["canonical"].permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+    size_off = batch["shape_sd"].clone()
+    size_off[:, 0] += 1.0
+    shape_off = batch["shape_sd"].clone()
+    shape_off[:, 2] += 1.0
+    zoom = torch.tensor([1.0, 1.1, 1.0, 1.3])
+    zoomed = zoom > 1
+    for wrong, free_when_zoomed in ((size_off, True), (shape_off, False)):
+        terms = loss.per_case(out._replace(coords=coords, shape_sd=wrong), {**batch, "zoom": zoom})
+        assert (terms["shape"][~zoomed] > 0).all() and (terms["shape_sd"][~zoomed] > 0).all()
+        if free_when_zoomed:
+            assert torch.allclose(terms["shape"][zoomed], torch.zeros(2), atol=1e-6)
+            assert torch.allclose(terms["shape_sd"][zoomed], torch.zeros(2), atol=1e-9)
+        else:
+            assert (terms["shape"][zoomed] > 0).all()
+        # without the field every case has its size label
+        plain = loss.per_case(out._replace(coords=coords, shape_sd=wrong), batch)
+        assert (plain["shape"] > 0).all()
+
+
+def test_zoom_moves_the_canonical_coordinates_with_their_pixels(tmp_path):
+    """Zooming a simulated view resamples its canonical coordinates and mask by
+    nearest neighbour about the principal point: every zoomed pixel holds the
+    values of the source pixel its ray came from."""
+    from xrecon.methods.recon.data import ReconDataConfig, ReconH5Dataset, generate_dataset
+    from xrecon.sim.augment import ZoomAugment, zoom_sample
+
+    cfg = ReconDataConfig(split="val", n_shapes=1, views_per_shape=1, protocol="seed002", image_size=32,
+                          phantom_spacing_mm=4.0, render_spacing_mm=4.0, n_samples=32, seed=3)
+    ds = ReconH5Dataset(generate_dataset(tmp_path / "tiny.h5", cfg, progress=False))
+    K = cfg.camera().K[0]
+    item, zoom = ds[0], 1.25
+    z = zoom_sample(item, K, zoom)
+    assert float(z["zoom"]) == zoom and torch.equal(z["shape_sd"], item["shape_sd"])
+    cx, cy = float(K[0, 2]), float(K[1, 2])
+    v, u = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    src_u = np.clip(np.floor(cx + (u - cx) / zoom + 0.5), 0, 31).astype(int)
+    src_v = np.clip(np.floor(cy + (v - cy) / zoom + 0.5), 0, 31).astype(int)
+    # away from exact half-pixel ties, nearest neighbour is the rounded source pixel
+    frac_u, frac_v = (cx + (u - cx) / zoom) % 1, (cy + (v - cy) / zoom) % 1
+    clear = (np.abs(frac_u - 0.5) > 1e-3) & (np.abs(frac_v - 0.5) > 1e-3)
+    expect = item["canonical"][:, :, src_v, src_u]
+    assert torch.equal(z["canonical"][:, :, clear], expect[:, :, clear])
+    assert torch.equal(z["mask"][clear], item["mask"][src_v, src_u][clear])
+    assert z["mask"].sum() > item["mask"].sum()  # the bone looks bigger
+    # the wrapper marks unzoomed samples with 1
+    assert float(ZoomAugment(ds, K, 1.2, p=0.0)[0]["zoom"]) == 1.0

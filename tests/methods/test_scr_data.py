@@ -175,7 +175,7 @@ def test_zoom_is_exactly_a_longer_focal_length():
     from _scr_scene import EllipsoidDataset, ellipsoid_scene
 
     from xrecon.geometry import Camera
-    from xrecon.methods.scr.data import ZoomAugment, zoom_sample
+    from xrecon.sim.augment import ZoomAugment, zoom_sample
 
     ds = EllipsoidDataset(2, size=48, seed=3)
     zoom = 1.12

@@ -6,12 +6,17 @@ augmentations are kornia's, so they draw from torch's global generator (a
 ``DataLoader`` seeds it per worker from the training seed). Geometry is never
 changed, so the per-pixel ground truth stays valid (random erasing hides image
 content only; the targets keep their values).
+
+The one geometric augmentation, :class:`ZoomAugment`, changes the camera
+instead: a zoom about the principal point is a longer focal length at the same
+pose, so the per-pixel ground truth stays exact when resampled with the image.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.utils.data import Dataset
 
 
 @dataclass(frozen=True)
@@ -90,3 +95,88 @@ class Augmenter(torch.nn.Module):
         if len(self.steps) == 0:
             return image
         return self.steps(image).clamp(0.0, 1.0)
+
+
+#: Per-pixel ground-truth fields that :func:`zoom_sample` resamples by nearest
+#: neighbour (values on both sides of an edge are never averaged): the scene
+#: coordinates of :mod:`xrecon.sim.dataset` and the canonical coordinates of
+#: the reconstruction data (:mod:`xrecon.methods.recon.data`).
+ZOOM_NEAREST_FIELDS = ("entry_world", "exit_world", "mask", "canonical")
+
+
+class ZoomAugment(Dataset):
+    """Random zoom-in about the principal point, for the dense networks (SCR, recon).
+
+    Zooming an X-ray by ``z`` about its principal point is *exactly* the image
+    of a camera with the focal length times ``z`` at the same pose: every pixel
+    still sees the ray it saw, so per-pixel ground truth attached to the ray
+    (scene coordinates, canonical coordinates, the bone mask) stays valid when
+    it is resampled with the image. The bone then looks ``z`` times closer:
+    the magnification varies independently of the pose, which a network must
+    read to get the depth right (docs/scr.md). Zoom-in only, so no pixel falls
+    outside the simulated image. ``K`` is updated (when the sample has one);
+    the pose is not. Every sample gets ``zoom`` (a float tensor, 1 when not
+    zoomed), so a loss can drop labels that a zoom invalidates (the
+    reconstruction's absolute size). Not for PoseNet / landmarks, whose pose
+    labels assume the true ``K``.
+
+    Args:
+        base: dataset of dict samples with ``image (1, H, W)`` and optionally
+            the fields of :data:`ZOOM_NEAREST_FIELDS` (any leading dimensions,
+            last two ``H, W``) and ``K (3, 3)``.
+        K: ``(3, 3)`` intrinsics of the images (the principal point is the zoom centre).
+        max_zoom: largest factor (zoom drawn uniformly in ``[1, max_zoom]``).
+        p: probability that a sample is zoomed. Draws use torch's global
+            generator, like :class:`Augmenter`.
+    """
+
+    def __init__(self, base, K, max_zoom: float = 1.15, p: float = 0.5):
+        from xrecon.errors import InputError
+
+        if not max_zoom >= 1.0 or not 0.0 <= p <= 1.0:
+            raise InputError(f"zoom augmentation needs max_zoom >= 1 and 0 <= p <= 1, got {max_zoom}, {p}")
+        self.base, self.max_zoom, self.p = base, float(max_zoom), float(p)
+        self.K = torch.as_tensor(K, dtype=torch.float64).reshape(3, 3)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.base[index]
+        if self.max_zoom == 1.0 or float(torch.rand(())) >= self.p:
+            return {**sample, "zoom": torch.tensor(1.0)}
+        return zoom_sample(sample, self.K, 1.0 + float(torch.rand(())) * (self.max_zoom - 1.0))
+
+
+def zoom_sample(sample: dict, K, zoom: float) -> dict:
+    """``sample`` (see :class:`ZoomAugment`) zoomed by ``zoom`` about ``K``'s
+    principal point: the image bilinearly, the fields of
+    :data:`ZOOM_NEAREST_FIELDS` by nearest neighbour, ``K``'s focal lengths
+    times ``zoom``; ``zoom`` is recorded in the sample."""
+    import torch.nn.functional as F
+
+    K = torch.as_tensor(K, dtype=torch.float64).reshape(3, 3)
+    H, W = sample["image"].shape[-2:]
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64), torch.arange(W, dtype=torch.float64), indexing="ij")
+    cx, cy = float(K[0, 2]), float(K[1, 2])
+    src_u, src_v = cx + (u - cx) / zoom, cy + (v - cy) / zoom
+    grid = torch.stack([(src_u + 0.5) / W * 2 - 1, (src_v + 0.5) / H * 2 - 1], dim=-1)[None].float()
+
+    def resample(x: torch.Tensor, mode: str) -> torch.Tensor:
+        shape = x.shape
+        y = F.grid_sample(x.float().reshape(1, -1, H, W), grid, mode=mode, padding_mode="border",
+                          align_corners=False)
+        return y.reshape(shape).to(x.dtype)
+
+    out = dict(sample)
+    out["image"] = resample(sample["image"], "bilinear")
+    for name in ZOOM_NEAREST_FIELDS:
+        if name in sample:
+            out[name] = resample(sample[name], "nearest")
+    if "K" in sample:
+        k = sample["K"].clone()
+        k[..., 0, 0] *= zoom
+        k[..., 1, 1] *= zoom
+        out["K"] = k
+    out["zoom"] = torch.tensor(float(zoom))
+    return out

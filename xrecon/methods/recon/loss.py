@@ -21,7 +21,12 @@ Terms (each a mean over the batch; coordinates in the network's normalised units
   how far it moves the surface (mode 1, size, dominates), plus a small
   squared error on the coefficients themselves (SD units) so the weak modes
   are learnt too. Negatives (``has_bone = 0``: no bone in the image) train
-  the mask only;
+  the mask only. Zoomed images (``zoom`` > 1 in the batch, from
+  :class:`xrecon.sim.augment.ZoomAugment`) do not train mode 1 (size): a zoom
+  is a longer focal length, which the network does not see, so a zoomed bone
+  looks like a bigger or nearer one and its size label no longer matches the
+  image under the training set-up's depth prior; their other modes, mask and
+  canonical coordinates (attached to the rays) stay exact;
 * ``layout``: the error of the in-plane *scale* of the predicted coordinates.
   Rotated into the camera's axes and centred, the predicted points of the
   image are fitted to the true ones by one scale factor ``s``
@@ -39,7 +44,7 @@ Terms (each a mean over the batch; coordinates in the network's normalised units
 
 A batch is a dict: ``image (B, 1, H, W)``, ``mask (B, H, W)``, ``canonical
 (B, 2, 3, H, W)`` (mm, model frame), ``shape_sd (B, K)``, optionally ``has_bone (B,)``,
-``cam_rotation (B, 3, 3)`` and ``cam_source (B, 3)`` (mm, model frame).
+``cam_rotation (B, 3, 3)``, ``cam_source (B, 3)`` (mm, model frame) and ``zoom (B,)``.
 
 Validation also reports ``coord_across_mm``: the error across the ray alone
 (about the reprojection error in mm at the point's depth, before the
@@ -122,6 +127,9 @@ class ReconLoss(nn.Module):
         sigma = (nll * m2).sum(dim=(1, 2, 3)) / n_fg
         mask_bce = F.binary_cross_entropy_with_logits(out.mask_logit, mask, reduction="none").mean(dim=(1, 2))
         d_sd = out.shape_sd - batch["shape_sd"].float()
+        if "zoom" in batch:  # a zoomed image carries no size label (module docstring)
+            size_known = (batch["zoom"].to(d_sd) == 1.0).to(d_sd)
+            d_sd = torch.cat([d_sd[:, :1] * size_known[:, None], d_sd[:, 1:]], dim=1)
         k = d_sd.shape[1]
         vert = torch.einsum("bk,kpd->bpd", d_sd, self.modes_mm[:k].to(d_sd)).norm(dim=-1).mean(dim=1)
         with torch.no_grad():

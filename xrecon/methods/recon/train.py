@@ -46,7 +46,7 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
                 base_channels: int = 16, levels: int = 4, n_loss_vertices: int = 500, augment=None,
                 model_out: str | Path | None = None, command: str | None = None,
                 init: str | Path | None = None, fine_channels: int | None = None,
-                loss_weights: ReconLossWeights = ReconLossWeights()) -> Path:
+                loss_weights: ReconLossWeights = ReconLossWeights(), max_zoom: float = 1.0) -> Path:
     """Train on ``train_h5`` (validate on ``val_h5``) and write the model file.
 
     Args:
@@ -70,6 +70,10 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
             initial model lacks is added, starting as a no-op.
         loss_weights: weights of the loss terms (:class:`~xrecon.methods.recon.loss.ReconLossWeights`);
             a resumed run keeps the weights recorded in its ``config.json``.
+        max_zoom: zoom half of the training images in about the principal
+            point by up to this factor (:class:`xrecon.sim.augment.ZoomAugment`;
+            the loss then ignores their size label); 1 = off. A resumed run
+            keeps the factor recorded in its ``config.json``.
 
     Returns the model file path (written by rank 0; other ranks return the same path).
     """
@@ -106,6 +110,8 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
             log.warning("resuming %s with the loss weights it started with (%s), not the ones given (%s)",
                         config.out_dir, saved, loss_weights)
         loss_weights = saved
+    if resumed and "max_zoom" in resumed:
+        max_zoom = float(resumed["max_zoom"])
     if init is not None and not resuming:
         start, _space, _info = load_recon_model(init)
         if _space.fingerprint != space.fingerprint or start.config.image_size != size:
@@ -124,11 +130,17 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
     loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net_cfg.coord_scale_mm,
                      loss_weights)
     train_set = ConcatDataset([ReconH5Dataset(p, augment=augment) for p in train_files])
+    if max_zoom != 1.0:
+        from xrecon.methods.recon.data import ReconDataConfig
+        from xrecon.sim.augment import ZoomAugment
+
+        train_set = ZoomAugment(train_set, ReconDataConfig(image_size=size).camera().K[0], max_zoom)
     val_set = ReconH5Dataset(val_h5)
     command = command or " ".join(sys.argv)
     run_info = {"method": "recon", "command": command, "net_config": net_cfg.to_dict(), "data": facts,
                 "init": None if start is None else str(init),
-                "loss_weights": dataclasses.asdict(loss_weights), "augment": getattr(augment, "__name__", str(augment))}
+                "loss_weights": dataclasses.asdict(loss_weights), "max_zoom": float(max_zoom),
+                "augment": getattr(augment, "__name__", str(augment))}
     result = train(net, loss, train_set, val_set, config, loss.metrics, run_info=run_info)
     out = Path(model_out) if model_out else Path(config.out_dir) / "recon_model.pt"
     if int(__import__("os").environ.get("RANK", "0")) == 0:

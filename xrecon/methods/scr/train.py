@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 
 from xrecon.geometry import Camera, se3
 from xrecon.methods.scr.loss import scr_loss
-from xrecon.methods.scr.data import ZoomAugment, first_items
+from xrecon.methods.scr.data import first_items
+from xrecon.sim.augment import ZoomAugment
 from xrecon.errors import InputError
 from xrecon.methods.scr.model_io import SCRModelInfo, load_scr_model, save_scr_model
 from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet, coordinates_from_output
@@ -56,7 +57,7 @@ class SCRNetConfig:
             see :mod:`xrecon.methods.scr.loss`).
         val_max_images: validation images that get a full PnP per epoch.
         max_zoom: random zoom-in of the training images up to this factor
-            (half of them; :class:`xrecon.methods.scr.data.ZoomAugment`); 1 = off.
+            (half of them; :class:`xrecon.sim.augment.ZoomAugment`); 1 = off.
         layout_weight: weight of the in-plane scale error of each image's
             predicted scene coordinates, in per cent
             (:func:`xrecon.train.losses.scale_error_pct`): the error PnP turns
