@@ -3,8 +3,8 @@ random inversion, colour jitter, random erasing; plus gamma, noise and blur).
 
 Images are first scaled to [0, 1] per image (:func:`normalise_image`); the
 augmentations are kornia's, so they draw from torch's global generator (a
-``DataLoader`` seeds it per worker from the training seed). Geometry is never
-changed, so the per-pixel ground truth stays valid (random erasing hides image
+``DataLoader`` seeds it per worker from the training seed). They never change
+the geometry, so the per-pixel ground truth stays valid (random erasing hides image
 content only; the targets keep their values).
 
 The one geometric augmentation, :class:`ZoomAugment`, changes the camera
@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch.utils.data import Dataset
+
+from xrecon.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,6 @@ class ZoomAugment(Dataset):
     """
 
     def __init__(self, base, K, max_zoom: float = 1.15, p: float = 0.5):
-        from xrecon.errors import InputError
-
         if not max_zoom >= 1.0 or not 0.0 <= p <= 1.0:
             raise InputError(f"zoom augmentation needs max_zoom >= 1 and 0 <= p <= 1, got {max_zoom}, {p}")
         self.base, self.max_zoom, self.p = base, float(max_zoom), float(p)
