@@ -1,7 +1,6 @@
 """benchmarks/_registration_data.py: the helpers that make benchmark results comparable."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -9,15 +8,10 @@ import h5py
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def data():
-    spec = importlib.util.spec_from_file_location("_registration_data", ROOT / "benchmarks" / "_registration_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def data(load_benchmark):
+    return load_benchmark("_registration_data")
 
 
 def _write_shards(folder: Path, images: np.ndarray, poses: np.ndarray, shard_size: int = 2) -> None:

@@ -1,21 +1,15 @@
 """benchmarks/compare_recon.py: pairing of two benchmark runs case by case."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_recon", ROOT / "benchmarks" / "compare_recon.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def compare(load_benchmark):
+    return load_benchmark("compare_recon")
 
 
 def test_paired_counts_wins_and_treats_failures_as_worst(compare):
