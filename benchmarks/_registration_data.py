@@ -8,8 +8,8 @@ Everything is in the CT's own RAS+ world frame (mm), read by
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import hashlib
+import json
 import os
 import platform
 import sys
