@@ -67,6 +67,32 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict:
     return res
 
 
+def paired_table(rows: dict[str, dict], gfr_row: str, unit: str) -> list[str]:
+    """Markdown lines of :func:`paired` results (``{label: result}``): GFR@10 is shown
+    for the row ``gfr_row`` and the footnote counts its failures; ``unit`` names a
+    case ("cases", "images")."""
+    lines = ["| quantity | n | median A | median B | GFR@10 A | GFR@10 B | B better | B worse | Wilcoxon p |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in rows.items():
+        if r["n"] == 0:
+            lines.append(f"| {label} | 0 | - | - | - | - | - | - | - |")
+            continue
+        gfr = f"{r['gfr10_a_pct']:.1f} % | {r['gfr10_b_pct']:.1f} %" if label == gfr_row else "- | -"
+        lines.append(f"| {label} | {r['n']} | {r['median_a']:.2f} | {r['median_b']:.2f} | {gfr} | "
+                     f"{r['b_better']} | {r['b_worse']} | {r['wilcoxon_p']:.2g} |")
+    first = rows[gfr_row]
+    return lines + ["", f"A failed registration counts as an error above every other (failed: A "
+                        f"{first.get('failed_a', 0)}, B {first.get('failed_b', 0)}). B better / worse: {unit} where "
+                        "B's error is lower / higher than A's."]
+
+
+def write_and_print(name: str, payload: dict, lines: list[str]) -> None:
+    """Write ``results/<name>.{json,md}`` and print the table."""
+    j, m = write_results(name, payload, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {j} and {m}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("a", type=Path, help="results JSON of the reference run (bench_recon)")
@@ -91,21 +117,8 @@ def main(argv=None) -> int:
              f"A: `{args.a}` (model `{_model_name(models[0])}`).",
              f"B: `{args.b}` (model `{_model_name(models[1])}`).",
              f"Command: `{payload['command']}`.", "",
-             "| quantity | n | median A | median B | GFR@10 A | GFR@10 B | B better | B worse | Wilcoxon p |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for label, r in rows.items():
-        if r["n"] == 0:
-            lines.append(f"| {label} | 0 | - | - | - | - | - | - | - |")
-            continue
-        gfr = (f"{r['gfr10_a_pct']:.1f} % | {r['gfr10_b_pct']:.1f} %" if "mTRE before" in label else "- | -")
-        lines.append(f"| {label} | {r['n']} | {r['median_a']:.2f} | {r['median_b']:.2f} | {gfr} | "
-                     f"{r['b_better']} | {r['b_worse']} | {r['wilcoxon_p']:.2g} |")
-    reg = rows[QUANTITIES[0][2]]
-    lines += ["", f"A failed registration counts as an error above every other (failed: A {reg.get('failed_a', 0)}, "
-              f"B {reg.get('failed_b', 0)}). B better / worse: cases where B's error is lower / higher than A's."]
-    j, m = write_results(args.name, payload, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {j} and {m}")
+             *paired_table(rows, QUANTITIES[0][2], "cases")]
+    write_and_print(args.name, payload, lines)
     return 0
 
 

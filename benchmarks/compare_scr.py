@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _registration_data import machine, today, write_results  # noqa: E402
-from compare_recon import FAILED, paired  # noqa: E402
+from _registration_data import machine, today  # noqa: E402
+from compare_recon import FAILED, paired, paired_table, write_and_print  # noqa: E402
 
 #: (per-case field, label); lower (in absolute value) is better for both.
 QUANTITIES = (
@@ -73,21 +73,8 @@ def main(argv=None) -> int:
              f"A: `{args.a}` (model `{payload['model_a']}`).",
              f"B: `{args.b}` (model `{payload['model_b']}`).",
              f"Command: `{payload['command']}`.", "",
-             "| quantity | n | median A | median B | GFR@10 A | GFR@10 B | B better | B worse | Wilcoxon p |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for label, r in rows.items():
-        if r["n"] == 0:
-            lines.append(f"| {label} | 0 | - | - | - | - | - | - | - |")
-            continue
-        gfr = f"{r['gfr10_a_pct']:.1f} % | {r['gfr10_b_pct']:.1f} %" if label.startswith("mTRE") else "- | -"
-        lines.append(f"| {label} | {r['n']} | {r['median_a']:.2f} | {r['median_b']:.2f} | {gfr} | "
-                     f"{r['b_better']} | {r['b_worse']} | {r['wilcoxon_p']:.2g} |")
-    first = rows[QUANTITIES[0][1]]
-    lines += ["", f"A failed registration counts as an error above every other (failed: A {first.get('failed_a', 0)}, "
-              f"B {first.get('failed_b', 0)}). B better / worse: images where B's error is lower / higher than A's."]
-    j, m = write_results(args.name, payload, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {j} and {m}")
+             *paired_table(rows, QUANTITIES[0][1], "images")]
+    write_and_print(args.name, payload, lines)
     return 0
 
 

@@ -25,11 +25,10 @@ def test_per_case_reads_failures_and_signed_depths(compare):
 def test_compare_counts_wins_and_writes_results(compare, tmp_path, monkeypatch):
     written = {}
 
-    def fake_write(name, payload, markdown):
-        written.update(name=name, payload=payload, markdown=markdown)
-        return tmp_path / f"{name}.json", tmp_path / f"{name}.md"
+    def fake_write(name, payload, lines):
+        written.update(name=name, payload=payload, markdown="\n".join(lines))
 
-    monkeypatch.setattr(compare, "write_results", fake_write)
+    monkeypatch.setattr(compare, "write_and_print", fake_write)
     a = _run([5.0, 6.0, 7.0, 8.0, None], [-5.0, 6.0, 7.0, 8.0, None])
     b = _run([4.0, 5.0, 6.0, 9.0, 2.0], [4.0, -5.0, 6.0, 9.0, 2.0])
     pa, pb = tmp_path / "a.json", tmp_path / "b.json"
