@@ -104,6 +104,37 @@ def true_prediction(pred, canonical: np.ndarray, mask: np.ndarray):
                            pred.net_camera)
 
 
+def recon_config(overrides: list[str]):
+    """The product's :class:`ReconConfig` with ``FIELD=VALUE`` overrides, each value
+    parsed as the field's type (a bad name or value raises ``SystemExit`` naming it)."""
+    from xrecon.methods.recon.pipeline import ReconConfig
+
+    defaults = ReconConfig()
+    fields = {f.name for f in dataclasses.fields(ReconConfig)}
+    changes = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or name not in fields:
+            raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(defaults, name)
+        try:
+            if isinstance(current, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(text)
+                value = text.lower() in ("true", "1")
+            elif isinstance(current, tuple):
+                value = tuple(float(v) for v in text.split(","))
+            elif current is None:
+                value = None if text.lower() == "none" else float(text)
+            else:
+                value = type(current)(text)
+        except ValueError:
+            raise SystemExit(f"--set {item}: {text!r} is not a valid value for {name} "
+                             f"(default {current!r})") from None
+        changes[name] = value
+    return dataclasses.replace(defaults, **changes)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few cases (smoke run)")
@@ -128,6 +159,9 @@ def main(argv=None) -> int:
     ap.add_argument("--tta-shifts", type=int, default=None,
                     help="network passes over shifted copies of each image (ReconConfig.tta_shifts; default: the "
                          "product's)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override one ReconConfig field for this run (repeatable), e.g. --set pnp_max_points=5000; "
+                         "default: the product's settings")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
@@ -144,7 +178,7 @@ def main(argv=None) -> int:
     from shape_models.bundled import load_model
     from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of, split_shapes
     from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
-    from xrecon.methods.recon.pipeline import (ReconConfig, reconstruct_from_prediction, reconstruct_image,
+    from xrecon.methods.recon.pipeline import (reconstruct_from_prediction, reconstruct_image,
                                                register_ct_points)
     from xrecon.methods.recon.predict import predict_dense
     from xrecon.metrics.registration import depth_error_mm, mtre_mm, projected_mtre_mm, rotation_error_deg
@@ -173,7 +207,7 @@ def main(argv=None) -> int:
     size = images.shape[-1]
     m2w = model_to_world(space)
     faces = space.faces
-    cfg = ReconConfig() if args.tta_shifts is None else ReconConfig(tta_shifts=args.tta_shifts)
+    cfg = recon_config(args.overrides + ([] if args.tta_shifts is None else [f"tta_shifts={args.tta_shifts}"]))
     refine_cfg = recon_refine_config()
     if args.refine_similarity:
         refine_cfg = dataclasses.replace(refine_cfg, similarity=args.refine_similarity)
@@ -379,6 +413,7 @@ def main(argv=None) -> int:
         "wall_time_s": {"reconstruction": t_recon, "total": time.monotonic() - t_start},
         "refine_similarity": refine_cfg.similarity,
         "correspondences": args.correspondences,
+        "recon_config": dataclasses.asdict(cfg),
         "command": " ".join(["python", "benchmarks/bench_recon.py"] + (argv if argv is not None else sys.argv[1:])),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
