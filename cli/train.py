@@ -57,6 +57,10 @@ def recon(
                                                      "plain Euclidean error; lower values favour the part across "
                                                      "the ray, which PnP sees most; a heuristic, since predictions "
                                                      "are snapped onto the mean surface: keep it well above 0)."),
+    coupled_nll: bool = typer.Option(False, "--coupled-nll", help="Train the coordinates with the Laplace likelihood "
+                                                                  "of their predicted sigma (errors weighted by "
+                                                                  "0.1 / sigma) instead of the plain error plus a "
+                                                                  "detached sigma term."),
     zoom_aug: float = typer.Option(1.0, "--zoom-aug", help="Zoom half of the training images in about the principal "
                                                            "point by up to this factor (exact for the per-pixel "
                                                            "targets: a longer focal length; zoomed images do not "
@@ -108,7 +112,7 @@ def recon(
     if simulate_only:
         typer.echo(f"data: {paths['train']}, {paths['val']}")
         return
-    loss_weights = ReconLossWeights(layout=layout_weight, along_ray=along_ray_weight)  # checks them
+    loss_weights = ReconLossWeights(layout=layout_weight, along_ray=along_ray_weight, coupled=coupled_nll)  # checks them
     augment = None
     if not no_augment:
         from xrecon.methods.recon.data import XrayAugment

@@ -229,6 +229,45 @@ def test_along_ray_weight_discounts_errors_along_each_pixels_ray():
         ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(along_ray=0.5)).per_case(out, batch)
 
 
+def test_coupled_likelihood_weights_each_pixels_coordinate_gradient_by_one_over_sigma():
+    """Known gradient on the coordinates: plain loss, w_coord / (B n_fg) x the unit error
+    on every bone pixel; coupled, w_sigma / (B n_fg sigma), zero off the bone either way."""
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config())
+    batch = _batch(net)
+    out = net(batch["image"])
+    b = len(batch["image"])
+    coords = torch.randn_like(out.coords).requires_grad_(True)
+    log_sigma = torch.empty_like(out.log_sigma).uniform_(-3.0, -1.0)
+    fixed = out._replace(coords=coords, log_sigma=log_sigma, mask_logit=out.mask_logit.detach(),
+                         shape_sd=out.shape_sd.detach())
+
+    class Fixed(torch.nn.Module):
+        def forward(self, image):
+            return fixed
+
+    target = net.normalize(batch["canonical"].permute(0, 1, 3, 4, 2)).permute(0, 1, 4, 2, 3)
+    unit = (coords - target).detach()
+    unit = unit / unit.norm(dim=2, keepdim=True)
+    fg = batch["mask"][:, None, None]  # (B, 1, 1, H, W)
+    n_fg = 2.0 * batch["mask"].sum(dim=(1, 2)).reshape(b, 1, 1, 1, 1)
+    modes = torch.randn(4, 50, 3)
+    grads = {}
+    for coupled in (False, True):
+        weights = ReconLossWeights(coupled=coupled, coord=1.0, sigma=0.1)
+        loss = ReconLoss(modes, net.centre_mm, float(net.scale_mm), weights)
+        coords.grad = None
+        value, logs = loss(Fixed(), batch)
+        value.backward()
+        grads[coupled] = coords.grad.clone()
+        assert "coord_mm" in logs and "sigma" in logs
+    torch.testing.assert_close(grads[False], unit * fg / (b * n_fg), rtol=1e-4, atol=1e-7)
+    sigma = torch.exp(log_sigma)[:, :, None]
+    torch.testing.assert_close(grads[True], 0.1 * unit * fg / (b * n_fg * sigma), rtol=1e-4, atol=1e-7)
+    with pytest.raises(InputError, match="sigma weight"):
+        ReconLossWeights(coupled=True, sigma=0.0)
+
+
 def test_dataset_items_carry_the_source_in_the_model_frame(tmp_path):
     """``cam_source`` is the point ``model_to_cam`` maps to the camera centre (0, 0, 0)."""
     from scipy.spatial.transform import Rotation

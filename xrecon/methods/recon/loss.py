@@ -14,7 +14,12 @@ Terms (each a mean over the batch; coordinates in the network's normalised units
 * ``sigma``: Laplace negative log-likelihood of that (detached) error under the
   predicted sigma, ``e / sigma + log sigma``, so sigma learns to predict the
   error without pulling on the coordinates (seed 002's uncertainty, decoupled
-  for stability);
+  for stability). With ``coupled`` the error is not detached and the
+  ``coord`` term leaves the loss (it is still reported): the coordinates then
+  learn from the likelihood alone, each pixel's error weighted by
+  ``sigma_weight / sigma``, so pixels the network is sure of pull hardest
+  (seed 002's coupled likelihood, here Laplace; the scene-coordinate network
+  gained from the coupled form, docs/scr.md);
 * ``mask``: binary cross-entropy of the bone mask;
 * ``shape``: mean vertex error (normalised mm) of the instance built from the
   predicted coefficients on a fixed vertex subset, which weights each mode by
@@ -64,8 +69,10 @@ from xrecon.train.losses import along_ray_sq, ray_weighted_sq, scale_error_pct
 
 @dataclass(frozen=True)
 class ReconLossWeights:
-    """Weights of the loss terms (see module docstring). ``layout`` = 0 gives
-    and ``along_ray`` = 1 give the loss the first models were trained with."""
+    """Weights of the loss terms (see module docstring). ``layout`` = 0,
+    ``along_ray`` = 1 and ``coupled`` = False give the loss the first models
+    were trained with; ``coupled`` = True drops ``coord`` from the loss and
+    lets the ``sigma`` likelihood train the coordinates."""
 
     coord: float = 1.0
     sigma: float = 0.1
@@ -74,8 +81,11 @@ class ReconLossWeights:
     shape_sd: float = 0.02
     layout: float = 0.0
     along_ray: float = 1.0
+    coupled: bool = False
 
     def __post_init__(self):
+        if self.coupled and self.sigma <= 0:
+            raise InputError(f"the coupled likelihood needs a sigma weight > 0, got {self.sigma}")
         if self.layout < 0:
             raise InputError(f"the layout weight must be >= 0, got {self.layout}")
         if not 0.0 <= self.along_ray <= 1.0:
@@ -123,7 +133,7 @@ class ReconLoss(nn.Module):
                 coord_across = (across * m2).sum(dim=(1, 2, 3)) / n_fg
             else:
                 coord_across = torch.full_like(coord_full, float("nan"))
-        nll = err.detach() * torch.exp(-out.log_sigma) + out.log_sigma
+        nll = (err if self.weights.coupled else err.detach()) * torch.exp(-out.log_sigma) + out.log_sigma
         sigma = (nll * m2).sum(dim=(1, 2, 3)) / n_fg
         mask_bce = F.binary_cross_entropy_with_logits(out.mask_logit, mask, reduction="none").mean(dim=(1, 2))
         d_sd = out.shape_sd - batch["shape_sd"].float()
@@ -153,7 +163,8 @@ class ReconLoss(nn.Module):
         out = model(batch["image"])
         terms = self.per_case(out, batch)
         w = self.weights
-        loss = (w.coord * terms["coord"] + w.sigma * terms["sigma"] + w.mask * terms["mask"]
+        coord_weight = 0.0 if w.coupled else w.coord
+        loss = (coord_weight * terms["coord"] + w.sigma * terms["sigma"] + w.mask * terms["mask"]
                 + w.shape * terms["shape"] + w.shape_sd * terms["shape_sd"] + w.layout * terms["layout"]).mean()
         logs = {k: v.detach().mean() for k, v in terms.items()}
         return loss, logs
