@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import h5py
@@ -108,18 +107,35 @@ def test_bad_input_gives_one_line_and_no_dataset(files, tmp_path):
         assert not out.exists(), name
 
 
+# Runs the real command in a child process that SIGKILLs itself while the 4th shard's
+# temporary file is on disk (finished, not yet renamed): a hard kill at a known point,
+# whatever the machine's speed.
+_KILL_AT_4TH_SHARD = """
+import os, signal, sys
+import xrecon.sim.dataset as d
+from xrecon.cli.main import run
+calls, share = [], d._share
+def share_then_die(path):
+    share(path)
+    if path.name.startswith(".shard-"):
+        calls.append(path)
+    if len(calls) == 4:
+        os.kill(os.getpid(), signal.SIGKILL)
+d._share = share_then_die
+sys.argv = ["xrecon", *sys.argv[1:]]
+run()
+"""
+
+
 def test_killed_run_resumes_to_the_same_dataset(files, tmp_path):
     out, reference = tmp_path / "killed", tmp_path / "reference"
     args = [str(a) for a in _base(files, out) + ["--n", "10", "--shard-size", "1", "--seed", "5"]]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "xrecon.cli.main", "simulate", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while len(list(out.glob("shard-*.h5"))) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc = subprocess.run([sys.executable, "-c", _KILL_AT_4TH_SHARD, "simulate", *args], env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     n_before = len(list(out.glob("shard-*.h5")))
-    assert 2 <= n_before < 10, "the run was not interrupted mid-way"
+    assert n_before == 3, "three shards finished before the kill"
+    assert [p.name for p in out.iterdir() if p.name.startswith(".shard-")], "the 4th shard's temporary is left behind"
     res = _invoke(args)
     assert res.exit_code == 0, res.output
     assert f"{10 - n_before} images written" in res.output
