@@ -30,3 +30,15 @@ def test_overrides_are_parsed_as_each_fields_type(bench):
 def test_bad_overrides_name_the_problem(bench, item, words):
     with pytest.raises(SystemExit, match=words):
         bench.recon_config([item])
+
+
+def test_registrations_are_banded_by_the_reconstructions_coverage(bench):
+    rows = [{"index": 0, "mtre_mm": 3.0}, {"index": 1, "mtre_mm": 12.0}, {"index": 2, "mtre_mm": float("nan")},
+            {"index": 3, "mtre_mm": 4.0}, {"index": 4, "mtre_mm": 1.0}, {"index": 5, "mtre_mm": 2.0}]
+    # 0.5 and 0.8 open the next band; a coverage of exactly 1 is in the last; case 5 has no reconstruction
+    coverage = {0: 0.1, 1: 0.5, 2: 0.79, 3: 0.8, 4: 1.0, 5: None}
+    low, mid, high = bench.by_coverage(rows, coverage)
+    assert [b["n"] for b in (low, mid, high)] == [1, 2, 2]
+    assert low["mtre_mm"]["median"] == 3.0 and low["gfr10"] == 0.0
+    assert mid["mtre_mm"]["n_failed"] == 1 and mid["gfr10"] == 1.0  # 12 mm and a failed registration
+    assert high["mtre_mm"]["median"] == 2.5 and high["gfr10"] == 0.0
