@@ -451,8 +451,9 @@ def by_coverage(reg_rows: list[dict], coverage: dict[int, float | None]) -> list
     without a reconstruction has no coverage and is left out of every band)."""
     out = []
     for lo, hi in COVERAGE_BANDS:
-        rows = [r for r in reg_rows if coverage.get(r["index"]) is not None
-                and lo <= coverage[r["index"]] < hi + (1e-9 if hi == COVERAGE_BANDS[-1][1] else 0.0)]
+        last = hi == COVERAGE_BANDS[-1][1]  # the last band holds its upper end (full coverage)
+        rows = [r for r in reg_rows if (c := coverage.get(r["index"])) is not None
+                and lo <= c and (c < hi or (last and c <= hi))]
         mtre = [r["mtre_mm"] for r in rows]
         out.append({"coverage": [lo, hi], "n": len(rows), "mtre_mm": percentiles(mtre),
                     "gfr10": gfr(mtre, 10.0) if rows else float("nan")})

@@ -1,4 +1,5 @@
-"""benchmarks/bench_recon.py: the ``--set FIELD=VALUE`` overrides of ReconConfig."""
+"""benchmarks/bench_recon.py: the ``--set FIELD=VALUE`` overrides of ReconConfig, and the
+registration table per band of the reconstruction's coverage."""
 from __future__ import annotations
 
 import pytest
