@@ -94,8 +94,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"recon_fit_gap: error: {args.data}: needs train*.h5 and val.h5 (simulated training data)")
     net, space, info = load_recon_model(args.model)
     net.eval()
-    vids = space.vertex_subset(500, seed=0)  # as the training loop's loss
-    loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net.config.coord_scale_mm)
+    loss = ReconLoss.for_network(space, net.config.coord_scale_mm)  # the training's loss and metrics
     results = {}
     for path in [*train_files, val_file]:
         cap = None if path == val_file else args.max_images
@@ -110,7 +109,8 @@ def main(argv=None) -> int:
     payload = {"date": today(), "machine": machine(), "model": str(args.model or "xrecon/weights/recon_default.pt"),
                "model_command": info.get("command"), "data": str(args.data), "files": results, "command": command}
     lines = [f"# {args.name}: the reconstruction network on training images and on validation", "",
-             f"Date {payload['date']}; {payload['machine']}. Model `{payload['model']}`; data `{args.data}`.",
+             f"Date {payload['date']}; {payload['machine']}. Model `{payload['model']}` (trained by "
+             f"`{payload['model_command']}`); data `{args.data}`.",
              f"Command: `{command}`.", "",
              "Training files: their first bone images, without augmentation; validation: all of it. "
              "Subjects: distinct train-split (or validation-split) subjects; random shapes: shapes drawn from the model.",

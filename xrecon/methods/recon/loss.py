@@ -109,6 +109,16 @@ class ReconLoss(nn.Module):
         self.scale_mm = float(scale_mm)
         self.weights = weights
 
+    @classmethod
+    def for_network(cls, space, scale_mm: float, weights: ReconLossWeights = ReconLossWeights(),
+                    n_vertices: int = 500) -> "ReconLoss":
+        """The loss the training uses for a network on ``space``
+        (:class:`~xrecon.methods.recon.shape.ShapeSpace`) with coordinate scale
+        ``scale_mm``: the shape term on ``n_vertices`` vertices spread over the
+        surface (:meth:`~xrecon.methods.recon.shape.ShapeSpace.vertex_subset`, seed 0)."""
+        vids = space.vertex_subset(n_vertices, seed=0)
+        return cls(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, scale_mm, weights)
+
     def per_case(self, out, batch) -> dict[str, torch.Tensor]:
         """Every term and error, one value per case ``(B,)``."""
         mask = batch["mask"].float()  # (B, H, W)

@@ -126,9 +126,7 @@ def train_recon(train_h5: str | Path | Sequence[str | Path], val_h5: str | Path,
     net = ReconNet(net_cfg)
     if start is not None:
         load_adding_branch(net, start.state_dict(), init)
-    vids = space.vertex_subset(n_loss_vertices, seed=0)
-    loss = ReconLoss(torch.as_tensor(space.modes_mm[:, vids]), space.centre_mm, net_cfg.coord_scale_mm,
-                     loss_weights)
+    loss = ReconLoss.for_network(space, net_cfg.coord_scale_mm, loss_weights, n_vertices=n_loss_vertices)
     train_set = ConcatDataset([ReconH5Dataset(p, augment=augment) for p in train_files])
     if max_zoom != 1.0:
         from xrecon.methods.recon.data import ReconDataConfig
