@@ -290,7 +290,7 @@ def main(argv=None) -> int:
             reg_rows.append({"index": i, "subject": int(subject[i]), "success": False, "mtre_mm": float("nan"),
                              "reason": cases[i]["reason"]})
             continue
-        reg = register_ct_points(cases[i]["_rec"], pts, nrm, cfg)
+        reg = register_ct_points(cases[i]["_rec"], pts, nrm, cfg, ct_mesh=(bone_ct.vertices, bone_ct.faces))
         row = {"index": i, "subject": int(subject[i]), "lps": bool(k % 2), "success": bool(reg.success),
                "confident": bool(reg.confident), "time_s": time.monotonic() - t0,
                "mtre_mm": float(mtre_mm(reg.ct_to_cam, truth, targets)[0]) if reg.success else float("nan"),
@@ -300,7 +300,8 @@ def main(argv=None) -> int:
                "depth_error_mm": (float(depth_error_mm(reg.ct_to_cam, truth, targets)[0])
                                   if reg.success else float("nan")),
                "true_depth_mm": float((targets @ truth[:3, :3].T + truth[:3, 3])[:, 2].mean()),
-               "scale_recon_over_ct": reg.scale, "reason": reg.reason, "notes": reg.notes}
+               "scale_recon_over_ct": reg.scale, "mask_depth_scale": reg.mask_depth_scale,
+               "mask_dice": reg.mask_dice, "reason": reg.reason, "notes": reg.notes}
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()
             refined, rinfo = refine_pose(images[i], Camera(K[i], np.eye(4), size, size, spacing),
@@ -326,7 +327,7 @@ def main(argv=None) -> int:
             w2ct = random_frame(np.random.default_rng(100 + f), lps=bool(f % 2)) if f else np.eye(4)
             b = bone.transformed(w2ct)
             pts, nrm = b.sample_points(30000, seed=0)
-            reg = register_ct_points(cases[i]["_rec"], pts, nrm, cfg)
+            reg = register_ct_points(cases[i]["_rec"], pts, nrm, cfg, ct_mesh=(b.vertices, b.faces))
             est_world_to_cam.append(reg.ct_to_cam @ w2ct)
             ok.append(bool(reg.success))
         diffs = [float(mtre_mm(e, est_world_to_cam[0], targets_w)[0]) for e in est_world_to_cam[1:]]

@@ -201,7 +201,7 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
     net, space, _info = _load_model(None if model is None else str(model))
     rec = reconstruct_image(net, space, img, cam, cfg)
     pts, nrm = bone.sample_points(30000, seed=cfg.seed)
-    reg = register_ct_points(rec, pts, nrm, cfg)
+    reg = register_ct_points(rec, pts, nrm, cfg, ct_mesh=(bone.vertices, bone.faces))
     out = Registration(reg.ct_to_cam, None, rec, reg, bone, cam[0], img)
     if refine and reg.success:
         out.ct_to_cam_refined, out.refine_info = refine_pose(img, cam[0], ct_vol, reg.ct_to_cam,
