@@ -300,8 +300,8 @@ def main(argv=None) -> int:
                "depth_error_mm": (float(depth_error_mm(reg.ct_to_cam, truth, targets)[0])
                                   if reg.success else float("nan")),
                "true_depth_mm": float((targets @ truth[:3, :3].T + truth[:3, 3])[:, 2].mean()),
-               "scale_recon_over_ct": reg.scale, "mask_depth_scale": reg.mask_depth_scale,
-               "mask_dice": reg.mask_dice, "reason": reg.reason, "notes": reg.notes}
+               "scale_recon_over_ct": reg.scale, "silhouette_depth_change_mm": reg.silhouette_depth_change_mm,
+               "silhouette_dice": reg.silhouette_dice, "reason": reg.reason, "notes": reg.notes}
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()
             refined, rinfo = refine_pose(images[i], Camera(K[i], np.eye(4), size, size, spacing),

@@ -136,10 +136,11 @@ def test_a_small_visible_patch_is_low_confidence(scene):
     assert rec.summary()["coverage"] == rec.coverage
 
 
-def test_the_mask_corrects_the_depth_of_biased_correspondences(scene):
+def test_the_silhouette_corrects_the_depth_of_biased_correspondences(scene):
     """Pixels spread 3 % too wide about the image centre (a network that shrinks
     its coordinates' spread) put the CT about 3 % too near the source; moving it
-    to where its silhouette matches the (true) bone mask undoes that."""
+    to where its silhouette matches the (true) bone mask undoes most of that,
+    along the ray (``"depth"``) or in all six degrees of freedom (``"pose"``)."""
     from xrecon.anatomy.bone import BoneModel
 
     space, b, inst, cam, m2c, _ = scene
@@ -149,18 +150,23 @@ def test_the_mask_corrects_the_depth_of_biased_correspondences(scene):
     rec = reconstruct_from_prediction(pred, space, cam)
     assert rec.success and rec.mask_prob is not None
     pts, nrm = BoneModel(inst, space.faces).sample_points(30000, seed=0)
+    mesh = (inst, space.faces)
     plain = register_ct_points(rec, pts, nrm)
-    fixed = register_ct_points(rec, pts, nrm, ReconConfig(mask_depth_weight=1.0), ct_mesh=(inst, space.faces))
-    half = register_ct_points(rec, pts, nrm, ReconConfig(mask_depth_weight=0.5), ct_mesh=(inst, space.faces))
-    assert plain.success and fixed.success and half.success
-    assert np.isnan(plain.mask_depth_scale) and fixed.mask_dice > 0.95
+    depth = register_ct_points(rec, pts, nrm, ReconConfig(silhouette="depth"), ct_mesh=mesh)
+    pose = register_ct_points(rec, pts, nrm, ReconConfig(silhouette="pose"), ct_mesh=mesh)
+    assert plain.success and depth.success and pose.success
+    assert np.isnan(plain.silhouette_dice) and depth.silhouette_dice > 0.95 and pose.silhouette_dice > 0.95
 
     def depth_error(reg):
         return float((inst @ (reg.ct_to_cam[2, :3] - m2c[2, :3]) + reg.ct_to_cam[2, 3] - m2c[2, 3]).mean())
 
     assert depth_error(plain) < -12.0, depth_error(plain)
-    assert abs(depth_error(fixed)) < 5.0, depth_error(fixed)  # from -21 mm (exact correspondences: 0.1 mm)
-    assert abs(depth_error(half) - depth_error(plain) / 2) < 3.0
-    assert float(mtre_mm(fixed.ct_to_cam, m2c, inst[::20])[0]) < 0.3 * float(mtre_mm(plain.ct_to_cam, m2c, inst[::20])[0])
+    for reg in (depth, pose):
+        assert abs(depth_error(reg)) < 5.0, depth_error(reg)  # from -21 mm (exact correspondences: 0.1 mm)
+        assert abs(reg.silhouette_depth_change_mm - (depth_error(reg) - depth_error(plain))) < 0.5
+        err, err0 = float(mtre_mm(reg.ct_to_cam, m2c, inst[::20])[0]), float(mtre_mm(plain.ct_to_cam, m2c, inst[::20])[0])
+        assert err < 0.3 * err0, (err, err0)
     with pytest.raises(ValueError, match="ct_mesh"):
-        register_ct_points(rec, pts, nrm, ReconConfig(mask_depth_weight=1.0))
+        register_ct_points(rec, pts, nrm, ReconConfig(silhouette="depth"))
+    with pytest.raises(ValueError, match="'off', 'depth' or 'pose'"):
+        register_ct_points(rec, pts, nrm, ReconConfig(silhouette="yes"), ct_mesh=mesh)

@@ -5,7 +5,8 @@ X-ray (the reconstruction network's mask probability): moving the object
 toward or away from the source along the ray through its centroid changes the
 size of its projected silhouette and little else. :func:`silhouette_depth`
 scans that one degree of freedom and returns the distance factor whose
-silhouette best overlaps the mask (soft Dice).
+silhouette best overlaps the mask (soft Dice); :func:`silhouette_pose` searches
+all six rigid degrees of freedom near a start pose for the same overlap.
 
 Meshes and masks are in one camera's pixel grid (OpenCV: pixel centres at
 integer ``(u, v)``); a pixel is in the silhouette when the ray through its
@@ -110,3 +111,90 @@ def silhouette_depth(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray,
             best = scales[k] + 0.5 * (y0 - y2) / den * (scales[1] - scales[0])
     return SilhouetteDepthResult(float(best), float(dice[k]), at_input, scales, dice,
                                  k in (0, steps - 1), True)
+
+
+@dataclass
+class SilhouettePoseResult:
+    """Outcome of :func:`silhouette_pose`.
+
+    Attributes:
+        object_to_cam: ``(4, 4)`` the refined pose (the input pose on failure).
+        dice: soft Dice of its silhouette with the mask; ``dice_at_input`` of the input pose's.
+        params: rotation vector (deg, about the object's centroid in the camera
+            frame) and translation (mm) of the change, ``(6,)``.
+        n_evaluations: silhouettes rendered.
+        success, reason: False when the input pose's silhouette does not meet the mask.
+    """
+
+    object_to_cam: np.ndarray
+    dice: float
+    dice_at_input: float
+    params: np.ndarray
+    n_evaluations: int
+    success: bool
+    reason: str = ""
+
+
+def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.ndarray, K: np.ndarray,
+                    mask_prob: np.ndarray, *, max_rotation_deg: float = 6.0, max_shift_mm: float = 15.0,
+                    max_depth_change: float = 0.08, max_evaluations: int = 600,
+                    nthreads: int = 0) -> SilhouettePoseResult:
+    """Rigid pose of a closed mesh (``vertices: (V, 3)`` in its own frame, mm) near
+    ``object_to_cam`` whose silhouette best overlaps ``mask_prob: (H, W)`` (soft Dice),
+    seen through intrinsics ``K: (3, 3)`` of the mask's grid.
+
+    Six parameters, bounded around the start (derivative-free Powell search,
+    scipy): a rotation about the object's centroid of at most ``max_rotation_deg``
+    per axis, an in-plane shift of at most ``max_shift_mm`` and a shift along the
+    optical axis of at most ``max_depth_change`` x the centroid's depth. The
+    mesh's ray-casting scene is built once; each evaluation moves the rays.
+    """
+    import open3d as o3d
+    from scipy.optimize import minimize
+    from scipy.spatial.transform import Rotation
+
+    from xrecon.geometry.mesh import raycasting_scene
+
+    verts = np.asarray(vertices, np.float64)
+    prob = np.asarray(mask_prob, np.float64)
+    T0 = np.asarray(object_to_cam, np.float64)
+    check_shape("vertices", verts, (None, 3))
+    check_shape("mask_prob", prob, (None, None))
+    check_shape("object_to_cam", T0, (4, 4))
+    H, W = prob.shape
+    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
+    dirs = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1) @ np.linalg.inv(np.asarray(K, np.float64)).T
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    scene = raycasting_scene(verts, faces)
+    c = (verts @ T0[:3, :3].T + T0[:3, 3]).mean(0)
+    z_step = max_depth_change * abs(c[2]) / max_shift_mm  # the depth parameter in units that move ~ as much
+    p_flat, p_sum = prob.ravel(), prob.sum()
+    n_eval = 0
+
+    def pose(x):
+        G = np.eye(4)
+        R = Rotation.from_rotvec(np.deg2rad(x[:3])).as_matrix()
+        G[:3, :3] = R
+        G[:3, 3] = c - R @ c + np.array([x[3], x[4], z_step * x[5]])
+        return G @ T0
+
+    def cost(x):
+        nonlocal n_eval
+        n_eval += 1
+        inv = np.linalg.inv(pose(x))  # camera -> object: move the rays, not the mesh
+        rays = np.concatenate([np.broadcast_to(inv[:3, 3], dirs.shape), dirs @ inv[:3, :3].T], 1)
+        hit = np.isfinite(scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)), nthreads=nthreads)["t_hit"].numpy())
+        return -2.0 * float((hit * p_flat).sum()) / max(p_sum + float(hit.sum()), 1e-9)
+
+    x0 = np.zeros(6)
+    start = -cost(x0)
+    if start <= 0.0:
+        return SilhouettePoseResult(T0, 0.0, 0.0, x0, n_eval, False,
+                                    "the object's silhouette does not meet the mask at the start pose")
+    bounds = [(-max_rotation_deg, max_rotation_deg)] * 3 + [(-max_shift_mm, max_shift_mm)] * 3
+    res = minimize(cost, x0, method="Powell", bounds=bounds,
+                   options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": max_evaluations})
+    best = -float(res.fun)
+    if best <= start:
+        return SilhouettePoseResult(T0, start, start, x0, n_eval, True)
+    return SilhouettePoseResult(pose(res.x), best, start, np.asarray(res.x, np.float64), n_eval, True)

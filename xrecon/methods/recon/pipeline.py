@@ -78,13 +78,14 @@ class ReconConfig:
             failure.
         tta_shifts: network passes averaged over shifted copies of the image
             (1 = none; see :func:`~xrecon.methods.recon.predict.network_outputs`).
-        mask_depth_weight: CT registration only: after the joint solve, move the CT
-            along the ray through its centroid toward the distance whose projected
-            silhouette best overlaps the network's bone mask
-            (:func:`~xrecon.solve.silhouette.silhouette_depth`); the distance factor
-            applied is the silhouette's factor to this power (0 = off, 1 = the
-            silhouette's distance).
-        mask_depth_max_change: the silhouette's search range (relative distance change).
+        silhouette: CT registration only, after the joint solve: ``"depth"`` moves the
+            CT along the ray through its centroid to where its projected silhouette
+            best overlaps the network's bone mask
+            (:func:`~xrecon.solve.silhouette.silhouette_depth`); ``"pose"`` searches
+            all six rigid degrees of freedom near the solved pose for that overlap
+            (:func:`~xrecon.solve.silhouette.silhouette_pose`); ``"off"``: neither.
+        silhouette_max_depth_change: the search range along the optical axis
+            (relative distance change).
         seed: seeds RANSAC and subsets.
     """
 
@@ -103,8 +104,8 @@ class ReconConfig:
     min_coverage: float = 0.05
     depth_range_mm: tuple[float, float] = (450.0, 1100.0)
     tta_shifts: int = 1
-    mask_depth_weight: float = 0.0
-    mask_depth_max_change: float = 0.08
+    silhouette: str = "off"
+    silhouette_max_depth_change: float = 0.08
     seed: int = 0
 
 
@@ -359,9 +360,9 @@ class CTRegistration:
         reprojection_error_px, surface_residual_mm: fit diagnostics.
         success, reason, confident, notes: as for :class:`Reconstruction`.
         timings_s: wall time.
-        mask_depth_scale: the distance factor the silhouette asked for
-            (``ReconConfig.mask_depth_weight``; NaN when not used); ``mask_dice`` its
-            overlap with the network's mask.
+        silhouette_depth_change_mm: how far ``ReconConfig.silhouette`` moved the CT's
+            centroid along the optical axis (NaN when not used); ``silhouette_dice``
+            the overlap of its silhouette with the network's mask after that.
     """
 
     ct_to_cam: np.ndarray
@@ -375,13 +376,14 @@ class CTRegistration:
     confident: bool = False
     notes: list[str] = field(default_factory=list)
     timings_s: dict = field(default_factory=dict)
-    mask_depth_scale: float = float("nan")
-    mask_dice: float = float("nan")
+    silhouette_depth_change_mm: float = float("nan")
+    silhouette_dice: float = float("nan")
 
     def summary(self) -> dict:
         return {"success": self.success, "reason": self.reason, "confident": self.confident,
                 "notes": list(self.notes), "scale_reconstruction_over_ct": self.scale, "n_used": self.n_used,
-                "mask_depth_scale": self.mask_depth_scale, "mask_dice": self.mask_dice,
+                "silhouette_depth_change_mm": self.silhouette_depth_change_mm,
+                "silhouette_dice": self.silhouette_dice,
                 "reprojection_error_px": self.reprojection_error_px,
                 "surface_residual_mm": self.surface_residual_mm,
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
@@ -393,7 +395,7 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
     """Pose a CT bone surface ``ct_points: (P, 3)`` (CT frame, mm; with unit normals
     ``ct_normals: (P, 3)`` when known) in the camera of ``rec``; ``ct_mesh``
     (vertices, faces) of the same surface, CT frame, is needed by
-    ``config.mask_depth_weight`` only.
+    ``config.silhouette`` only.
 
     Sample the surface densely (tens of thousands of points with their mesh
     normals, :meth:`~xrecon.anatomy.bone.BoneModel.sample_points`): the joint
@@ -454,15 +456,20 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
                               notes + [reason], timings)
     ct_to_cam, ct_to_model = res.ct_to_cam @ ct_to_canon, res.ct_to_model @ ct_to_canon
     n_used = int(res.inliers.sum())
-    mask_scale = mask_dice = float("nan")
-    if config.mask_depth_weight > 0 and (ct_mesh is None or rec.mask_prob is None):
-        raise ValueError("mask_depth_weight needs the CT's bone mesh (ct_mesh) and the network's mask")
-    if config.mask_depth_weight > 0:
+    sil_dz = sil_dice = float("nan")
+    if config.silhouette not in ("off", "depth", "pose"):
+        raise ValueError(f"ReconConfig.silhouette must be 'off', 'depth' or 'pose', got {config.silhouette!r}")
+    if config.silhouette != "off":
+        if ct_mesh is None or rec.mask_prob is None:
+            raise ValueError("ReconConfig.silhouette needs the CT's bone mesh (ct_mesh) and the network's mask")
         t2 = time.perf_counter()
-        ct_to_cam, mask_scale, mask_dice, note = _depth_from_mask(ct_to_cam, ct_mesh, rec, config)
+        new_pose, sil_dice, note = _silhouette_refine(ct_to_cam, ct_mesh, rec, config)
+        centroid = np.asarray(ct_mesh[0], np.float64).mean(0)
+        sil_dz = float((new_pose[2, :3] - ct_to_cam[2, :3]) @ centroid + new_pose[2, 3] - ct_to_cam[2, 3])
+        ct_to_cam = new_pose
         if note:
             notes.append(note)
-        timings["mask_depth"] = time.perf_counter() - t2
+        timings["silhouette"] = time.perf_counter() - t2
         timings["total"] = time.perf_counter() - t0
     if res.from_guess and not res.align.success:
         notes.append("the CT did not align to the visible predictions alone; the pose rests on its alignment to "
@@ -473,28 +480,33 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
         notes.append(f"the reconstruction is {res.scale:.2f} x the CT's size: is it the same bone?")
     return CTRegistration(ct_to_cam, ct_to_model, float(res.scale), n_used, res.reprojection_error_px,
                           res.surface_residual_mm, True, "", rec.confident and not notes[len(rec.notes):], notes,
-                          timings, mask_scale, mask_dice)
+                          timings, sil_dz, sil_dice)
 
 
-def _depth_from_mask(ct_to_cam: np.ndarray, ct_mesh: tuple[np.ndarray, np.ndarray], rec: Reconstruction,
-                     config: ReconConfig) -> tuple[np.ndarray, float, float, str]:
-    """Move the posed CT along the ray through its centroid toward the distance
-    where its silhouette best overlaps ``rec``'s bone mask (``ReconConfig.mask_depth_weight``).
+def _silhouette_refine(ct_to_cam: np.ndarray, ct_mesh: tuple[np.ndarray, np.ndarray], rec: Reconstruction,
+                       config: ReconConfig) -> tuple[np.ndarray, float, str]:
+    """``ReconConfig.silhouette``: the CT pose whose silhouette best overlaps
+    ``rec``'s bone mask, near ``ct_to_cam``.
 
-    Returns the new pose, the silhouette's distance factor, its Dice, and a note
-    (empty unless the silhouette gave no usable answer; the pose is then unchanged).
+    Returns the new pose, its silhouette's Dice, and a note (empty unless the
+    silhouette gave no usable answer; the pose is then unchanged).
     """
-    from xrecon.solve.silhouette import silhouette_depth
+    from xrecon.solve.silhouette import silhouette_depth, silhouette_pose
 
     h, w = rec.mask_prob.shape
     K = rec.camera.resized(h, w).K[0].numpy()
-    verts, faces = ct_mesh
-    verts_cam = np.asarray(verts, np.float64) @ ct_to_cam[:3, :3].T + ct_to_cam[:3, 3]
-    sil = silhouette_depth(verts_cam, faces, K, rec.mask_prob, max_change=config.mask_depth_max_change)
+    verts, faces = np.asarray(ct_mesh[0], np.float64), ct_mesh[1]
+    if config.silhouette == "pose":
+        res = silhouette_pose(verts, faces, ct_to_cam, K, rec.mask_prob,
+                              max_depth_change=config.silhouette_max_depth_change)
+        if not res.success:
+            return ct_to_cam, res.dice, f"the CT's silhouette did not refine the pose ({res.reason})"
+        return res.object_to_cam, res.dice, ""
+    verts_cam = verts @ ct_to_cam[:3, :3].T + ct_to_cam[:3, 3]
+    sil = silhouette_depth(verts_cam, faces, K, rec.mask_prob, max_change=config.silhouette_max_depth_change)
     if not sil.success or sil.at_bound:
         why = sil.reason or "its best distance is at the end of the search range"
-        return ct_to_cam, sil.scale, sil.dice, f"the CT's silhouette did not set the depth ({why})"
-    s = sil.scale ** config.mask_depth_weight
+        return ct_to_cam, sil.dice, f"the CT's silhouette did not set the depth ({why})"
     out = ct_to_cam.copy()
-    out[:3, 3] += (s - 1.0) * verts_cam.mean(0)
-    return out, sil.scale, sil.dice, ""
+    out[:3, 3] += (sil.scale - 1.0) * verts_cam.mean(0)
+    return out, sil.dice, ""
