@@ -91,7 +91,8 @@ def test_ct_registration_is_the_same_in_any_ct_frame(scene):
         if flip:
             model_to_ct = np.diag([-1.0, -1.0, 1.0, 1.0]) @ model_to_ct
         ct_pts = pts @ model_to_ct[:3, :3].T + model_to_ct[:3, 3]
-        reg = register_ct_points(rec, ct_pts, nrm @ model_to_ct[:3, :3].T)
+        ct_mesh = (inst @ model_to_ct[:3, :3].T + model_to_ct[:3, 3], space.faces)
+        reg = register_ct_points(rec, ct_pts, nrm @ model_to_ct[:3, :3].T, ct_mesh=ct_mesh)
         assert reg.success, reg.reason
         truth = m2c @ np.linalg.inv(model_to_ct)
         err = float(mtre_mm(reg.ct_to_cam, truth, ct_pts[:500])[0])
@@ -151,7 +152,7 @@ def test_the_silhouette_corrects_the_depth_of_biased_correspondences(scene):
     assert rec.success and rec.mask_prob is not None
     pts, nrm = BoneModel(inst, space.faces).sample_points(30000, seed=0)
     mesh = (inst, space.faces)
-    plain = register_ct_points(rec, pts, nrm)
+    plain = register_ct_points(rec, pts, nrm, ReconConfig(silhouette="off"))
     depth = register_ct_points(rec, pts, nrm, ReconConfig(silhouette="depth"), ct_mesh=mesh)
     pose = register_ct_points(rec, pts, nrm, ReconConfig(silhouette="pose"), ct_mesh=mesh)
     assert plain.success and depth.success and pose.success
@@ -167,6 +168,6 @@ def test_the_silhouette_corrects_the_depth_of_biased_correspondences(scene):
         err, err0 = float(mtre_mm(reg.ct_to_cam, m2c, inst[::20])[0]), float(mtre_mm(plain.ct_to_cam, m2c, inst[::20])[0])
         assert err < 0.3 * err0, (err, err0)
     with pytest.raises(ValueError, match="ct_mesh"):
-        register_ct_points(rec, pts, nrm, ReconConfig(silhouette="depth"))
+        register_ct_points(rec, pts, nrm)  # the default needs the mesh
     with pytest.raises(ValueError, match="'off', 'depth' or 'pose'"):
         register_ct_points(rec, pts, nrm, ReconConfig(silhouette="yes"), ct_mesh=mesh)

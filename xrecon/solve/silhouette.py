@@ -118,7 +118,8 @@ class SilhouettePoseResult:
     """Outcome of :func:`silhouette_pose`.
 
     Attributes:
-        object_to_cam: ``(4, 4)`` the refined pose (the input pose on failure).
+        object_to_cam: ``(4, 4)`` the refined pose (the input pose on failure or
+            when nothing overlapped the mask better).
         dice: soft Dice of its silhouette with the mask; ``dice_at_input`` of the input pose's.
         params: rotation vector (deg, about the object's centroid in the camera
             frame) and translation (mm) of the change, ``(6,)``.
@@ -138,6 +139,7 @@ class SilhouettePoseResult:
 def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.ndarray, K: np.ndarray,
                     mask_prob: np.ndarray, *, max_rotation_deg: float = 6.0, max_shift_mm: float = 15.0,
                     max_depth_change: float = 0.08, max_evaluations: int = 600,
+                    start_grid: tuple[float, float] | None = (1e-5, 0.01),
                     nthreads: int = 0) -> SilhouettePoseResult:
     """Rigid pose of a closed mesh (``vertices: (V, 3)`` in its own frame, mm) near
     ``object_to_cam`` whose silhouette best overlaps ``mask_prob: (H, W)`` (soft Dice),
@@ -148,6 +150,13 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     per axis, an in-plane shift of at most ``max_shift_mm`` and a shift along the
     optical axis of at most ``max_depth_change`` x the centroid's depth. The
     mesh's ray-casting scene is built once; each evaluation moves the rays.
+
+    The objective is piecewise constant (whole pixels enter and leave the
+    silhouette), so the search path depends on the start's last digits: the
+    start is first snapped to ``start_grid`` (rotation vector in rad,
+    translation in mm), and starts that differ by float noise (the same CT
+    given in another frame: 1e-5 mm) then give the same result instead of
+    results a few tenths of a millimetre apart.
     """
     import open3d as o3d
     from scipy.optimize import minimize
@@ -157,10 +166,16 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
 
     verts = np.asarray(vertices, np.float64)
     prob = np.asarray(mask_prob, np.float64)
-    T0 = np.asarray(object_to_cam, np.float64)
+    T_in = T0 = np.asarray(object_to_cam, np.float64)
     check_shape("vertices", verts, (None, 3))
     check_shape("mask_prob", prob, (None, None))
     check_shape("object_to_cam", T0, (4, 4))
+    if start_grid is not None:
+        rot_step, shift_step = start_grid
+        T0 = T0.copy()
+        rotvec = np.round(Rotation.from_matrix(T0[:3, :3]).as_rotvec() / rot_step) * rot_step
+        T0[:3, :3] = Rotation.from_rotvec(rotvec).as_matrix()
+        T0[:3, 3] = np.round(T0[:3, 3] / shift_step) * shift_step
     H, W = prob.shape
     v, u = np.mgrid[0:H, 0:W].astype(np.float64)
     dirs = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1) @ np.linalg.inv(np.asarray(K, np.float64)).T
@@ -189,12 +204,12 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     x0 = np.zeros(6)
     start = -cost(x0)
     if start <= 0.0:
-        return SilhouettePoseResult(T0, 0.0, 0.0, x0, n_eval, False,
+        return SilhouettePoseResult(T_in, 0.0, 0.0, x0, n_eval, False,
                                     "the object's silhouette does not meet the mask at the start pose")
     bounds = [(-max_rotation_deg, max_rotation_deg)] * 3 + [(-max_shift_mm, max_shift_mm)] * 3
     res = minimize(cost, x0, method="Powell", bounds=bounds,
                    options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": max_evaluations})
     best = -float(res.fun)
     if best <= start:
-        return SilhouettePoseResult(T0, start, start, x0, n_eval, True)
+        return SilhouettePoseResult(T_in, start, start, x0, n_eval, True)
     return SilhouettePoseResult(pose(res.x), best, start, np.asarray(res.x, np.float64), n_eval, True)

@@ -104,7 +104,7 @@ class ReconConfig:
     min_coverage: float = 0.05
     depth_range_mm: tuple[float, float] = (450.0, 1100.0)
     tta_shifts: int = 1
-    silhouette: str = "off"
+    silhouette: str = "pose"
     silhouette_max_depth_change: float = 0.08
     seed: int = 0
 
@@ -406,6 +406,11 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
     from xrecon.solve.align3d import AlignConfig, align_surfaces
     from xrecon.solve.joint import JointConfig, solve_joint
 
+    if config.silhouette not in ("off", "depth", "pose"):
+        raise ValueError(f"ReconConfig.silhouette must be 'off', 'depth' or 'pose', got {config.silhouette!r}")
+    if config.silhouette != "off" and ct_mesh is None:
+        raise ValueError(f"ReconConfig.silhouette={config.silhouette!r} needs the CT's bone mesh (ct_mesh); "
+                         "pass it, or set silhouette='off'")
     t0 = time.perf_counter()
     nan44 = np.full((4, 4), np.nan)
     if not rec.success:
@@ -457,16 +462,15 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
     ct_to_cam, ct_to_model = res.ct_to_cam @ ct_to_canon, res.ct_to_model @ ct_to_canon
     n_used = int(res.inliers.sum())
     sil_dz = sil_dice = float("nan")
-    if config.silhouette not in ("off", "depth", "pose"):
-        raise ValueError(f"ReconConfig.silhouette must be 'off', 'depth' or 'pose', got {config.silhouette!r}")
     if config.silhouette != "off":
-        if ct_mesh is None or rec.mask_prob is None:
-            raise ValueError("ReconConfig.silhouette needs the CT's bone mesh (ct_mesh) and the network's mask")
+        # in the CT's principal-axis frame, like every step above: the same numbers whatever frame it came in
+        canon_to_cam = res.ct_to_cam
+        verts = np.asarray(ct_mesh[0], np.float64) @ ct_to_canon[:3, :3].T + ct_to_canon[:3, 3]
         t2 = time.perf_counter()
-        new_pose, sil_dice, note = _silhouette_refine(ct_to_cam, ct_mesh, rec, config)
-        centroid = np.asarray(ct_mesh[0], np.float64).mean(0)
-        sil_dz = float((new_pose[2, :3] - ct_to_cam[2, :3]) @ centroid + new_pose[2, 3] - ct_to_cam[2, 3])
-        ct_to_cam = new_pose
+        new_pose, sil_dice, note = _silhouette_refine(canon_to_cam, (verts, ct_mesh[1]), rec, config)
+        c = verts.mean(0)
+        sil_dz = float((new_pose[2, :3] - canon_to_cam[2, :3]) @ c + new_pose[2, 3] - canon_to_cam[2, 3])
+        ct_to_cam = new_pose @ ct_to_canon
         if note:
             notes.append(note)
         timings["silhouette"] = time.perf_counter() - t2
@@ -485,14 +489,16 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
 
 def _silhouette_refine(ct_to_cam: np.ndarray, ct_mesh: tuple[np.ndarray, np.ndarray], rec: Reconstruction,
                        config: ReconConfig) -> tuple[np.ndarray, float, str]:
-    """``ReconConfig.silhouette``: the CT pose whose silhouette best overlaps
-    ``rec``'s bone mask, near ``ct_to_cam``.
+    """``ReconConfig.silhouette``: the pose of the CT mesh ``ct_mesh`` (vertices,
+    faces) whose silhouette best overlaps ``rec``'s bone mask, near ``ct_to_cam``.
 
     Returns the new pose, its silhouette's Dice, and a note (empty unless the
     silhouette gave no usable answer; the pose is then unchanged).
     """
     from xrecon.solve.silhouette import silhouette_depth, silhouette_pose
 
+    if rec.mask_prob is None:
+        return ct_to_cam, float("nan"), "no bone mask came with the reconstruction: the silhouette step was skipped"
     h, w = rec.mask_prob.shape
     K = rec.camera.resized(h, w).K[0].numpy()
     verts, faces = np.asarray(ct_mesh[0], np.float64), ct_mesh[1]
