@@ -19,7 +19,9 @@
     RAS) is aligned in 3D to the reconstruction (global init + ICP, with scale),
     and the pose is solved again from the CT's *own* points matched to the
     predicted pixels (:func:`xrecon.solve.joint.solve_joint`), so the CT's true
-    size fixes the depth.
+    size fixes the depth; last (``ReconConfig.silhouette``), the CT's bone mesh
+    is moved near that pose to where its silhouette best overlaps the
+    network's bone mask (:func:`xrecon.solve.silhouette.silhouette_pose`).
 
 Frames: ``model`` = the shape model's frame (see :mod:`~xrecon.methods.recon.shape`),
 ``cam`` = the OpenCV camera of the X-ray (:mod:`xrecon.geometry`), ``ct`` = the
