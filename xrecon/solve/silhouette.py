@@ -1,8 +1,9 @@
-"""Distance along the viewing direction from a silhouette.
+"""Depth and pose of a mesh of known size from a bone mask (its silhouette).
 
 A posed object of *known size* (a CT's bone mesh) and a bone mask of the
 X-ray (the reconstruction network's mask probability): moving the object
-toward or away from the source along the ray through its centroid changes the
+toward or away from the source along the ray through its centroid (the mean
+of its vertices) changes the
 size of its projected silhouette and little else. :func:`silhouette_depth`
 scans that one degree of freedom and returns the distance factor whose
 silhouette best overlaps the mask (soft Dice); :func:`silhouette_pose` searches
@@ -48,6 +49,16 @@ class SilhouetteDepthResult:
     reason: str = ""
 
 
+def _pixel_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Unit directions ``(height * width, 3)`` (camera frame, row-major) of the rays
+    through the pixel centres of intrinsics ``K``."""
+    from xrecon.geometry import Camera
+
+    cam = Camera(np.asarray(K, np.float64), np.eye(4), height, width, (1.0, 1.0))
+    dirs = cam.rays_camera(cam.pixel_grid())[0].numpy()
+    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+
+
 def silhouette_masks(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray, height: int, width: int,
                      offsets: np.ndarray | None = None, nthreads: int = 0) -> np.ndarray:
     """Silhouettes ``(S, height, width)`` bool of a triangle mesh (``vertices_cam: (V, 3)``
@@ -60,10 +71,7 @@ def silhouette_masks(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray,
     from xrecon.geometry.mesh import raycasting_scene
 
     offsets = np.zeros((1, 3)) if offsets is None else np.asarray(offsets, np.float64).reshape(-1, 3)
-    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
-    pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)
-    dirs = pix @ np.linalg.inv(np.asarray(K, np.float64)).T
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = _pixel_rays(K, height, width)
     S, N = len(offsets), len(dirs)
     rays = np.concatenate([np.broadcast_to(-offsets[:, None, :], (S, N, 3)),
                            np.broadcast_to(dirs[None], (S, N, 3))], axis=-1).astype(np.float32)
@@ -177,9 +185,7 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
         T0[:3, :3] = Rotation.from_rotvec(rotvec).as_matrix()
         T0[:3, 3] = np.round(T0[:3, 3] / shift_step) * shift_step
     H, W = prob.shape
-    v, u = np.mgrid[0:H, 0:W].astype(np.float64)
-    dirs = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1) @ np.linalg.inv(np.asarray(K, np.float64)).T
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = _pixel_rays(K, H, W)
     scene = raycasting_scene(verts, faces)
     c = (verts @ T0[:3, :3].T + T0[:3, 3]).mean(0)
     z_step = max_depth_change * abs(c[2]) / max_shift_mm  # the depth parameter in units that move ~ as much

@@ -359,7 +359,8 @@ class CTRegistration:
         ct_to_model: ``(4, 4)`` similarity from the CT frame to the model frame.
         scale: size of the reconstruction relative to the CT (1 = same size).
         n_used: correspondences behind the final pose.
-        reprojection_error_px, surface_residual_mm: fit diagnostics.
+        reprojection_error_px, surface_residual_mm: diagnostics of the joint solve (before
+            the silhouette step).
         success, reason, confident, notes: as for :class:`Reconstruction`.
         timings_s: wall time.
         silhouette_depth_change_mm: how far ``ReconConfig.silhouette`` moved the CT's
