@@ -18,9 +18,11 @@ Heavy engines are imported inside the functions that use them.
 from xrecon.solve.align3d import AlignConfig, AlignResult, align_surfaces, umeyama
 from xrecon.solve.joint import JointConfig, JointResult, solve_joint
 from xrecon.solve.pnp import PnPConfig, PnPResult, solve_pnp
+from xrecon.solve.silhouette import SilhouetteDepthResult, SilhouettePoseResult, silhouette_depth, silhouette_pose
 
 __all__ = [
     "AlignConfig", "AlignResult", "align_surfaces", "umeyama",
     "JointConfig", "JointResult", "solve_joint",
     "PnPConfig", "PnPResult", "solve_pnp",
+    "SilhouetteDepthResult", "SilhouettePoseResult", "silhouette_depth", "silhouette_pose",
 ]
