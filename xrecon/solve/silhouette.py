@@ -66,18 +66,22 @@ def silhouette_masks(vertices_cam: np.ndarray, faces: np.ndarray, K: np.ndarray,
     moved by each of ``offsets: (S, 3)`` (mm; default one zero offset): the pixels
     whose centre's ray meets the mesh (open3d ray casting; the mesh stays put and
     the rays start at ``-offset`` instead)."""
-    import open3d as o3d
-
     from xrecon.geometry.mesh import raycasting_scene
 
     offsets = np.zeros((1, 3)) if offsets is None else np.asarray(offsets, np.float64).reshape(-1, 3)
     dirs = _pixel_rays(K, height, width)
     S, N = len(offsets), len(dirs)
-    rays = np.concatenate([np.broadcast_to(-offsets[:, None, :], (S, N, 3)),
-                           np.broadcast_to(dirs[None], (S, N, 3))], axis=-1).astype(np.float32)
-    scene = raycasting_scene(vertices_cam, faces)
-    t_hit = scene.cast_rays(o3d.core.Tensor(np.ascontiguousarray(rays)), nthreads=nthreads)["t_hit"].numpy()
-    return np.isfinite(t_hit).reshape(S, height, width)
+    hit = _hits(raycasting_scene(vertices_cam, faces), np.broadcast_to(-offsets[:, None, :], (S, N, 3)),
+                np.broadcast_to(dirs[None], (S, N, 3)), nthreads)
+    return hit.reshape(S, height, width)
+
+
+def _hits(scene, origins: np.ndarray, directions: np.ndarray, nthreads: int) -> np.ndarray:
+    """Whether each ray ``(..., 3)`` meets the open3d scene's mesh (float32 rays)."""
+    import open3d as o3d
+
+    rays = np.concatenate([origins, directions], axis=-1).astype(np.float32)
+    return np.isfinite(scene.cast_rays(o3d.core.Tensor(np.ascontiguousarray(rays)), nthreads=nthreads)["t_hit"].numpy())
 
 
 def _soft_dice(sil: np.ndarray, prob: np.ndarray) -> np.ndarray:
@@ -166,7 +170,6 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     given in another frame: 1e-5 mm) then give the same result instead of
     results a few tenths of a millimetre apart.
     """
-    import open3d as o3d
     from scipy.optimize import minimize
     from scipy.spatial.transform import Rotation
 
@@ -189,7 +192,6 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     scene = raycasting_scene(verts, faces)
     c = (verts @ T0[:3, :3].T + T0[:3, 3]).mean(0)
     z_step = max_depth_change * abs(c[2]) / max_shift_mm  # the depth parameter in units that move ~ as much
-    p_flat, p_sum = prob.ravel(), prob.sum()
     n_eval = 0
 
     def pose(x):
@@ -203,9 +205,8 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
         nonlocal n_eval
         n_eval += 1
         inv = np.linalg.inv(pose(x))  # camera -> object: move the rays, not the mesh
-        rays = np.concatenate([np.broadcast_to(inv[:3, 3], dirs.shape), dirs @ inv[:3, :3].T], 1)
-        hit = np.isfinite(scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)), nthreads=nthreads)["t_hit"].numpy())
-        return -2.0 * float((hit * p_flat).sum()) / max(p_sum + float(hit.sum()), 1e-9)
+        hit = _hits(scene, np.broadcast_to(inv[:3, 3], dirs.shape), dirs @ inv[:3, :3].T, nthreads)
+        return -float(_soft_dice(hit.reshape(1, H, W), prob)[0])
 
     x0 = np.zeros(6)
     start = -cost(x0)
