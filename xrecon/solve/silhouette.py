@@ -151,17 +151,29 @@ class SilhouettePoseResult:
 def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.ndarray, K: np.ndarray,
                     mask_prob: np.ndarray, *, max_rotation_deg: float = 6.0, max_shift_mm: float = 15.0,
                     max_depth_change: float = 0.08, max_evaluations: int = 600,
-                    start_grid: tuple[float, float] | None = (1e-5, 0.01),
-                    nthreads: int = 0) -> SilhouettePoseResult:
+                    start_grid: tuple[float, float] | None = (1e-5, 0.01), method: str = "nelder-mead",
+                    restarts: int = 2, polish: bool = True, nthreads: int = 0) -> SilhouettePoseResult:
     """Rigid pose of a closed mesh (``vertices: (V, 3)`` in its own frame, mm) near
     ``object_to_cam`` whose silhouette best overlaps ``mask_prob: (H, W)`` (soft Dice),
     seen through intrinsics ``K: (3, 3)`` of the mask's grid.
 
-    Six parameters, bounded around the start (derivative-free Powell search,
-    scipy): a rotation about the object's centroid of at most ``max_rotation_deg``
-    per axis, an in-plane shift of at most ``max_shift_mm`` and a shift along the
-    optical axis of at most ``max_depth_change`` x the centroid's depth. The
-    mesh's ray-casting scene is built once; each evaluation moves the rays.
+    Six parameters, bounded around the start: a rotation about the object's
+    centroid of at most ``max_rotation_deg`` per axis, an in-plane shift of at
+    most ``max_shift_mm`` and a shift along the optical axis of at most
+    ``max_depth_change`` x the centroid's depth. The mesh's ray-casting scene is
+    built once; each evaluation moves the rays.
+
+    The search is derivative-free (scipy): ``method="nelder-mead"`` (default)
+    starts from a wide simplex (1 deg, 3 mm across, a third of the depth bound
+    along the axis) and runs ``restarts`` times, each from the last one's best
+    with a simplex half as wide, then (``polish``) a Powell line search from
+    the best point settles it locally; ``"powell"`` alone is the search used
+    before (kept for comparison). On the validation registrations of
+    ``benchmarks/bench_recon.py`` the simplex's steps, wider than a pixel, step
+    over the objective's pixel-sized plateaus where Powell's line searches stop:
+    fewer gross errors and less run-to-run scatter (docs/reconstruction.md); on
+    small silhouettes (a few hundred pixels) the simplex can stall, which the
+    polish mends. ``max_evaluations`` bounds the evaluations of all runs together.
 
     The objective is piecewise constant (whole pixels enter and leave the
     silhouette), so the search path depends on the start's last digits: the
@@ -181,6 +193,8 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     check_shape("vertices", verts, (None, 3))
     check_shape("mask_prob", prob, (None, None))
     check_shape("object_to_cam", T0, (4, 4))
+    if method not in ("nelder-mead", "powell") or restarts < 1:
+        raise ValueError(f"method must be 'nelder-mead' or 'powell' and restarts >= 1, got {method!r}, {restarts}")
     if start_grid is not None:
         rot_step, shift_step = start_grid
         T0 = T0.copy()
@@ -214,9 +228,28 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
         return SilhouettePoseResult(T_in, 0.0, 0.0, x0, n_eval, False,
                                     "the object's silhouette does not meet the mask at the start pose")
     bounds = [(-max_rotation_deg, max_rotation_deg)] * 3 + [(-max_shift_mm, max_shift_mm)] * 3
-    res = minimize(cost, x0, method="Powell", bounds=bounds,
-                   options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": max_evaluations})
-    best = -float(res.fun)
+    if method == "powell":
+        res = minimize(cost, x0, method="Powell", bounds=bounds,
+                       options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": max_evaluations})
+        x_best, best = res.x, -float(res.fun)
+    else:
+        lo, hi = np.array(bounds).T
+        step = np.array([1.0, 1.0, 1.0, 3.0, 3.0, max_shift_mm / 3.0])  # depth: a third of its range
+        x_best, best = x0, start
+        for r in range(restarts):
+            simplex = np.clip(x_best + np.vstack([np.zeros(6), np.diag(step / 2.0 ** r)]), lo, hi)
+            res = minimize(cost, x_best, method="Nelder-Mead", bounds=bounds,
+                           options={"initial_simplex": simplex, "xatol": 0.05, "fatol": 1e-5,
+                                    "maxfev": max(1, max_evaluations - n_eval)})
+            if -float(res.fun) > best:
+                x_best, best = res.x, -float(res.fun)
+            if n_eval >= max_evaluations:
+                break
+        if polish and n_eval < max_evaluations:
+            res = minimize(cost, x_best, method="Powell", bounds=bounds,
+                           options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": max_evaluations - n_eval})
+            if -float(res.fun) > best:
+                x_best, best = res.x, -float(res.fun)
     if best <= start:
         return SilhouettePoseResult(T_in, start, start, x0, n_eval, True)
-    return SilhouettePoseResult(pose(res.x), best, start, np.asarray(res.x, np.float64), n_eval, True)
+    return SilhouettePoseResult(pose(x_best), best, start, np.asarray(x_best, np.float64), n_eval, True)

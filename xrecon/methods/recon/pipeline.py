@@ -88,6 +88,9 @@ class ReconConfig:
             (:func:`~xrecon.solve.silhouette.silhouette_pose`); ``"off"``: neither.
         silhouette_max_depth_change: the search range along the optical axis
             (relative distance change).
+        silhouette_search: the ``"pose"`` step's search, ``"nelder-mead"`` (since
+            session 25) or ``"powell"`` (session 24's), the ``method`` of
+            :func:`~xrecon.solve.silhouette.silhouette_pose`.
         seed: seeds RANSAC and subsets.
     """
 
@@ -108,6 +111,7 @@ class ReconConfig:
     tta_shifts: int = 1
     silhouette: str = "pose"
     silhouette_max_depth_change: float = 0.08
+    silhouette_search: str = "nelder-mead"
     seed: int = 0
 
 
@@ -507,7 +511,8 @@ def _silhouette_refine(ct_to_cam: np.ndarray, ct_mesh: tuple[np.ndarray, np.ndar
     verts, faces = np.asarray(ct_mesh[0], np.float64), ct_mesh[1]
     if config.silhouette == "pose":
         res = silhouette_pose(verts, faces, ct_to_cam, K, rec.mask_prob,
-                              max_depth_change=config.silhouette_max_depth_change)
+                              max_depth_change=config.silhouette_max_depth_change,
+                              method=config.silhouette_search)
         if not res.success:
             return ct_to_cam, res.dice, f"the CT's silhouette did not refine the pose ({res.reason})"
         return res.object_to_cam, res.dice, ""
