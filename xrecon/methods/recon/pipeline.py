@@ -415,6 +415,9 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
 
     if config.silhouette not in ("off", "depth", "pose"):
         raise ValueError(f"ReconConfig.silhouette must be 'off', 'depth' or 'pose', got {config.silhouette!r}")
+    if config.silhouette_search not in ("nelder-mead", "powell"):
+        raise ValueError(f"ReconConfig.silhouette_search must be 'nelder-mead' or 'powell', "
+                         f"got {config.silhouette_search!r}")
     if config.silhouette != "off" and ct_mesh is None:
         raise ValueError(f"ReconConfig.silhouette={config.silhouette!r} needs the CT's bone mesh (ct_mesh); "
                          "pass it, or set silhouette='off'")
