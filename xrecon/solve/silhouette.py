@@ -168,11 +168,11 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     along the axis) and runs ``restarts`` times, each from the last one's best
     with a simplex half as wide, then (``polish``) a Powell line search from
     the best point settles it locally; ``"powell"`` alone is the search used
-    before (kept for comparison). On the validation registrations of
-    ``benchmarks/bench_recon.py`` the simplex's steps, wider than a pixel, step
+    before (kept for comparison). The simplex's steps, wider than a pixel, step
     over the objective's pixel-sized plateaus where Powell's line searches stop:
-    fewer gross errors and less run-to-run scatter (docs/reconstruction.md); on
-    small silhouettes (a few hundred pixels) the simplex can stall, which the
+    on the validation registrations of ``benchmarks/bench_recon.py`` it made
+    fewer gross errors (the test split ranked the two a tie; docs/reconstruction.md).
+    On small silhouettes (a few hundred pixels) the simplex can stall, which the
     polish mends. ``max_evaluations`` bounds the evaluations of all runs together.
 
     The objective is piecewise constant (whole pixels enter and leave the
@@ -228,13 +228,17 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
         return SilhouettePoseResult(T_in, 0.0, 0.0, x0, n_eval, False,
                                     "the object's silhouette does not meet the mask at the start pose")
     bounds = [(-max_rotation_deg, max_rotation_deg)] * 3 + [(-max_shift_mm, max_shift_mm)] * 3
+
+    def powell(x, budget):
+        res = minimize(cost, x, method="Powell", bounds=bounds,
+                       options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": budget})
+        return res.x, -float(res.fun)
+
     if method == "powell":
-        res = minimize(cost, x0, method="Powell", bounds=bounds,
-                       options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": max_evaluations})
-        x_best, best = res.x, -float(res.fun)
+        x_best, best = powell(x0, max_evaluations)
     else:
         lo, hi = np.array(bounds).T
-        step = np.array([1.0, 1.0, 1.0, 3.0, 3.0, max_shift_mm / 3.0])  # depth: a third of its range
+        step = np.array([1.0, 1.0, 1.0, 3.0, 3.0, max_shift_mm / 3.0])  # depth: a third of its bound
         x_best, best = x0, start
         for r in range(restarts):
             simplex = np.clip(x_best + np.vstack([np.zeros(6), np.diag(step / 2.0 ** r)]), lo, hi)
@@ -246,10 +250,9 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
             if n_eval >= max_evaluations:
                 break
         if polish and n_eval < max_evaluations:
-            res = minimize(cost, x_best, method="Powell", bounds=bounds,
-                           options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": max_evaluations - n_eval})
-            if -float(res.fun) > best:
-                x_best, best = res.x, -float(res.fun)
+            x_polished, polished = powell(x_best, max_evaluations - n_eval)
+            if polished > best:
+                x_best, best = x_polished, polished
     if best <= start:
         return SilhouettePoseResult(T_in, start, start, x0, n_eval, True)
     return SilhouettePoseResult(pose(x_best), best, start, np.asarray(x_best, np.float64), n_eval, True)
