@@ -52,7 +52,8 @@ def summary(errors: np.ndarray) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--split", choices=("test", "val"), default="val")
-    ap.add_argument("--views", type=int, default=4, help="views per subject (bench_recon's --views)")
+    ap.add_argument("--views", type=int, default=None,
+                    help="views per subject (default: as bench_recon's runs, 3 on test, 4 on validation)")
     ap.add_argument("--n-register", type=int, default=128)
     ap.add_argument("--perturb-mm", default="0,0.02,0.05", help="start offsets, mm, comma-separated")
     ap.add_argument("--model", default=None, help="model file (default: the shipped weights)")
@@ -62,6 +63,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
+    if args.views is None:
+        args.views = 3 if args.split == "test" else 4
+    command = "python benchmarks/bench_silhouette_search.py " + " ".join(sys.argv[1:] if argv is None else argv)
     perturbs = [float(p) for p in args.perturb_mm.split(",")]
 
     import h5py
@@ -170,7 +174,7 @@ def main(argv=None) -> int:
                 flips += int(np.sum((base[keep] > 10) != (other[keep] > 10)))
             scatter[f"{m}/{mk}"] = {"median_abs_change_mm": float(np.median(np.concatenate(diffs))) if diffs else None,
                                     "gfr10_flips": flips}
-    payload = {"date": today(), "machine": machine(), "split": args.split, "views": args.views,
+    payload = {"date": today(), "machine": machine(), "command": command.strip(), "split": args.split, "views": args.views,
                "n_register": len(reg_ids), "perturb_mm": perturbs, "model": args.model or "the shipped weights (xrecon/weights/recon_default.pt)",
                "data": f"{data_path.name}: DRRs of CT-like phantoms of the bundled pelvis model's held-out "
                        f"{args.split} subjects (seed-002 poses)",
@@ -178,7 +182,7 @@ def main(argv=None) -> int:
                "scatter": scatter, "elapsed_s": elapsed, "cases": rows}
     lines = [f"# Silhouette search: Nelder-Mead vs Powell ({args.split} split)", "",
              f"{payload['date']}; {payload['machine']}; {payload['data']}; {len(reg_ids)} registrations; "
-             f"`python benchmarks/bench_silhouette_search.py --split {args.split} --n-register {args.n_register}`.",
+             f"`{command.strip()}`.",
              "", f"Joint solve only (no silhouette step): median {payload['joint_only']['median_mm']:.2f} mm, "
                  f"GFR@10 {payload['joint_only']['gfr10_pct']:.1f} %.", "",
              "| mask | search | start offset (mm) | median mTRE | p90 | GFR@10 | GFR@5 |", "|---|---|---|---|---|---|---|"]
@@ -195,7 +199,8 @@ def main(argv=None) -> int:
                   "and cases crossing 10 mm.", "", "| search / mask | median abs. change | GFR@10 flips |",
               "|---|---|---|"]
     for key, r in scatter.items():
-        lines.append(f"| {key} | {r['median_abs_change_mm']:.2f} mm | {r['gfr10_flips']} |")
+        change = "-" if r["median_abs_change_mm"] is None else f"{r['median_abs_change_mm']:.2f} mm"
+        lines.append(f"| {key} | {change} | {r['gfr10_flips']} |")
     name = args.name or f"bench_silhouette_search{'' if args.split == 'test' else '_' + args.split}"
     write_results(name, payload, "\n".join(lines) + "\n")
     print("\n".join(lines))

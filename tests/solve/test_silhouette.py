@@ -126,3 +126,20 @@ def test_the_pose_search_refuses_a_start_off_the_mask_and_bad_settings():
     assert not miss.success and np.array_equal(miss.object_to_cam, far) and miss.reason
     with pytest.raises(ValueError, match="nelder-mead"):
         silhouette_pose(verts, faces, truth, K, mask, method="bfgs")
+    with pytest.raises(ValueError, match="simplex_runs"):
+        silhouette_pose(verts, faces, truth, K, mask, simplex_runs=0)
+
+
+def test_the_pose_search_keeps_to_its_evaluation_budget():
+    """``max_evaluations`` bounds every silhouette rendered, the start's included,
+    over the simplex runs and the polish together."""
+    verts, faces = three_blobs()
+    truth = np.eye(4)
+    truth[2, 3] = DIST
+    mask = silhouette_masks(verts + truth[:3, 3], faces, K, SIZE, SIZE)[0].astype(float)
+    start = truth.copy()
+    start[:3, 3] += [3.0, -2.0, 25.0]
+    for budget in (1, 2, 40):
+        res = silhouette_pose(verts, faces, start, K, mask, max_evaluations=budget)
+        assert res.success and res.n_evaluations <= budget, (budget, res.n_evaluations)
+    assert res.dice > res.dice_at_input  # 40 silhouettes already improve on the start

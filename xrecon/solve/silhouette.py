@@ -152,7 +152,7 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
                     mask_prob: np.ndarray, *, max_rotation_deg: float = 6.0, max_shift_mm: float = 15.0,
                     max_depth_change: float = 0.08, max_evaluations: int = 600,
                     start_grid: tuple[float, float] | None = (1e-5, 0.01), method: str = "nelder-mead",
-                    restarts: int = 2, polish: bool = True, nthreads: int = 0) -> SilhouettePoseResult:
+                    simplex_runs: int = 2, polish: bool = True, nthreads: int = 0) -> SilhouettePoseResult:
     """Rigid pose of a closed mesh (``vertices: (V, 3)`` in its own frame, mm) near
     ``object_to_cam`` whose silhouette best overlaps ``mask_prob: (H, W)`` (soft Dice),
     seen through intrinsics ``K: (3, 3)`` of the mask's grid.
@@ -165,8 +165,8 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
 
     The search is derivative-free (scipy): ``method="nelder-mead"`` (default)
     starts from a wide simplex (1 deg, 3 mm across, a third of the depth bound
-    along the axis) and runs ``restarts`` times, each from the last one's best
-    with a simplex half as wide, then (``polish``) a Powell line search from
+    along the axis) and runs ``simplex_runs`` times, each run after the first from
+    the last one's best with a simplex half as wide, then (``polish``) a Powell line search from
     the best point settles it locally; ``"powell"`` alone is the search used
     before (kept for comparison). The simplex's steps, wider than a pixel, step
     over the objective's pixel-sized plateaus where Powell's line searches stop:
@@ -193,8 +193,9 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     check_shape("vertices", verts, (None, 3))
     check_shape("mask_prob", prob, (None, None))
     check_shape("object_to_cam", T0, (4, 4))
-    if method not in ("nelder-mead", "powell") or restarts < 1:
-        raise ValueError(f"method must be 'nelder-mead' or 'powell' and restarts >= 1, got {method!r}, {restarts}")
+    if method not in ("nelder-mead", "powell") or simplex_runs < 1:
+        raise ValueError(f"method must be 'nelder-mead' or 'powell' and simplex_runs >= 1, got {method!r}, "
+                         f"{simplex_runs}")
     if start_grid is not None:
         rot_step, shift_step = start_grid
         T0 = T0.copy()
@@ -235,20 +236,23 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
         return res.x, -float(res.fun)
 
     if method == "powell":
-        x_best, best = powell(x0, max_evaluations)
+        x_best, best = powell(x0, max_evaluations)  # session 24's budget (its start not counted)
     else:
-        lo, hi = np.array(bounds).T
+        hi = np.array(bounds)[:, 1]
         step = np.array([1.0, 1.0, 1.0, 3.0, 3.0, max_shift_mm / 3.0])  # depth: a third of its bound
         x_best, best = x0, start
-        for r in range(restarts):
-            simplex = np.clip(x_best + np.vstack([np.zeros(6), np.diag(step / 2.0 ** r)]), lo, hi)
-            res = minimize(cost, x_best, method="Nelder-Mead", bounds=bounds,
-                           options={"initial_simplex": simplex, "xatol": 0.05, "fatol": 1e-5,
-                                    "maxfev": max(1, max_evaluations - n_eval)})
-            if -float(res.fun) > best:
-                x_best, best = res.x, -float(res.fun)
+        for r in range(simplex_runs):
             if n_eval >= max_evaluations:
                 break
+            # each vertex steps up, or down where that would leave the bounds (a vertex
+            # clipped onto the bound could coincide with the first and flatten the simplex)
+            d = step / 2.0 ** r
+            d = np.where(x_best + d > hi, -d, d)
+            res = minimize(cost, x_best, method="Nelder-Mead", bounds=bounds,
+                           options={"initial_simplex": x_best + np.vstack([np.zeros(6), np.diag(d)]),
+                                    "xatol": 0.05, "fatol": 1e-5, "maxfev": max_evaluations - n_eval})
+            if -float(res.fun) > best:
+                x_best, best = res.x, -float(res.fun)
         if polish and n_eval < max_evaluations:
             x_polished, polished = powell(x_best, max_evaluations - n_eval)
             if polished > best:
