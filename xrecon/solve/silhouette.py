@@ -173,7 +173,8 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     on the validation registrations of ``benchmarks/bench_recon.py`` it made
     fewer gross errors (the test split ranked the two a tie; docs/reconstruction.md).
     On small silhouettes (a few hundred pixels) the simplex can stall, which the
-    polish mends. ``max_evaluations`` bounds the evaluations of all runs together.
+    polish mends. ``max_evaluations`` bounds the silhouettes rendered, the start's
+    included, over all runs together (``"powell"``: session 24's budget, the start not counted).
 
     The objective is piecewise constant (whole pixels enter and leave the
     silhouette), so the search path depends on the start's last digits: the
