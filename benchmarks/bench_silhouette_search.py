@@ -172,10 +172,11 @@ def main(argv=None) -> int:
                 keep = ~(np.isnan(base) | np.isnan(other))
                 diffs.append(np.abs(base[keep] - other[keep]))
                 flips += int(np.sum((base[keep] > 10) != (other[keep] > 10)))
-            scatter[f"{m}/{mk}"] = {"median_abs_change_mm": float(np.median(np.concatenate(diffs))) if diffs else None,
-                                    "gfr10_flips": flips}
-    payload = {"date": today(), "machine": machine(), "command": command.strip(), "split": args.split, "views": args.views,
-               "n_register": len(reg_ids), "perturb_mm": perturbs, "model": args.model or "the shipped weights (xrecon/weights/recon_default.pt)",
+            change = float(np.median(np.concatenate(diffs))) if diffs else None
+            scatter[f"{m}/{mk}"] = {"median_abs_change_mm": change, "gfr10_flips": flips}
+    payload = {"date": today(), "machine": machine(), "command": command.strip(), "split": args.split,
+               "views": args.views, "n_register": len(reg_ids), "perturb_mm": perturbs,
+               "model": args.model or "the shipped weights (xrecon/weights/recon_default.pt)",
                "data": f"{data_path.name}: DRRs of CT-like phantoms of the bundled pelvis model's held-out "
                        f"{args.split} subjects (seed-002 poses)",
                "joint_only": summary(np.array(joint_errors)), "variants": table, "paired": pooled,
@@ -185,7 +186,8 @@ def main(argv=None) -> int:
              f"`{command.strip()}`.",
              "", f"Joint solve only (no silhouette step): median {payload['joint_only']['median_mm']:.2f} mm, "
                  f"GFR@10 {payload['joint_only']['gfr10_pct']:.1f} %.", "",
-             "| mask | search | start offset (mm) | median mTRE | p90 | GFR@10 | GFR@5 |", "|---|---|---|---|---|---|---|"]
+             "| mask | search | start offset (mm) | median mTRE | p90 | GFR@10 | GFR@5 |",
+             "|---|---|---|---|---|---|---|"]
     for r in table:
         lines.append(f"| {r['mask']} | {r['method']} | {r['perturb_mm']} | {r['median_mm']:.2f} mm | "
                      f"{r['p90_mm']:.1f} mm | {r['gfr10_pct']:.1f} % | {r['gfr5_pct']:.1f} % |")
