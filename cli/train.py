@@ -61,6 +61,8 @@ def recon(
                                                                   "of their predicted sigma (errors weighted by "
                                                                   "0.1 / sigma) instead of the plain error plus a "
                                                                   "detached sigma term."),
+    mask_weight: float = typer.Option(0.2, help="Weight of the bone mask's cross-entropy in the loss (the CT "
+                                                "registration's silhouette step fits the CT to that mask)."),
     zoom_aug: float = typer.Option(1.0, "--zoom-aug", help="Zoom half of the training images in about the principal "
                                                            "point by up to this factor (exact for the per-pixel "
                                                            "targets: a longer focal length; zoomed images do not "
@@ -112,7 +114,8 @@ def recon(
     if simulate_only:
         typer.echo(f"data: {paths['train']}, {paths['val']}")
         return
-    loss_weights = ReconLossWeights(layout=layout_weight, along_ray=along_ray_weight, coupled=coupled_nll)  # checks them
+    loss_weights = ReconLossWeights(layout=layout_weight, along_ray=along_ray_weight, coupled=coupled_nll,
+                                    mask=mask_weight)  # checks them
     augment = None
     if not no_augment:
         from xrecon.methods.recon.data import XrayAugment

@@ -193,6 +193,21 @@ def test_layout_term_is_the_scale_error_in_percent_and_pulls_toward_one():
     assert float((grown.grad[:, :, :2] * (grown[:, :, :2] - centre[:, :, :2]).detach()).sum()) > 0
 
 
+def test_mask_weight_scales_the_mask_term_of_the_loss():
+    """Raising the mask weight from 0.2 to 1.0 adds 0.8 x the mask's cross-entropy
+    to the loss and nothing else; a weight of 0 (no mask for the pipeline) is refused."""
+    torch.manual_seed(0)
+    net = ReconNet(tiny_config())
+    modes = torch.randn(4, 50, 3)
+    batch = _batch(net)
+    low, logs = ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights())(net, batch)
+    high, _ = ReconLoss(modes, net.centre_mm, float(net.scale_mm), ReconLossWeights(mask=1.0))(net, batch)
+    assert float(logs["mask"]) > 0
+    torch.testing.assert_close(high - low, 0.8 * logs["mask"], atol=1e-5, rtol=1e-4)
+    with pytest.raises(InputError, match="mask weight"):
+        ReconLossWeights(mask=0.0)
+
+
 def test_along_ray_weight_discounts_errors_along_each_pixels_ray():
     """Predictions slid along their own rays (which PnP cannot see): with ``along_ray`` = w
     the coordinate term is w x the plain error, and the across-ray error reported is 0."""

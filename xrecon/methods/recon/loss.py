@@ -88,6 +88,8 @@ class ReconLossWeights:
             raise InputError(f"the coupled likelihood needs a sigma weight > 0, got {self.sigma}")
         if self.layout < 0:
             raise InputError(f"the layout weight must be >= 0, got {self.layout}")
+        if self.mask <= 0:
+            raise InputError(f"the mask weight must be > 0 (the pipeline needs the bone mask), got {self.mask}")
         if not 0.0 <= self.along_ray <= 1.0:
             raise InputError(f"the along-ray weight must be in [0, 1], got {self.along_ray}")
 
