@@ -38,8 +38,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _registration_data import machine, today, write_results  # noqa: E402
 from bench_recon import ROOT, random_frame  # noqa: E402
 
+from xrecon.solve.silhouette import SEARCH_METHODS as METHODS  # noqa: E402
+
 log = logging.getLogger("bench_silhouette_search")
-METHODS = ("nelder-mead", "powell")
 
 
 def summary(errors: np.ndarray) -> dict:

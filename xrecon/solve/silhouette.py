@@ -22,6 +22,9 @@ import numpy as np
 
 from xrecon.errors import check_shape
 
+#: the searches :func:`silhouette_pose` offers (``method``), its default first
+SEARCH_METHODS = ("nelder-mead", "powell")
+
 
 @dataclass
 class SilhouetteDepthResult:
@@ -194,8 +197,8 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     check_shape("vertices", verts, (None, 3))
     check_shape("mask_prob", prob, (None, None))
     check_shape("object_to_cam", T0, (4, 4))
-    if method not in ("nelder-mead", "powell") or simplex_runs < 1:
-        raise ValueError(f"method must be 'nelder-mead' or 'powell' and simplex_runs >= 1, got {method!r}, "
+    if method not in SEARCH_METHODS or simplex_runs < 1:
+        raise ValueError(f"method must be one of {SEARCH_METHODS} and simplex_runs >= 1, got {method!r}, "
                          f"{simplex_runs}")
     if start_grid is not None:
         rot_step, shift_step = start_grid

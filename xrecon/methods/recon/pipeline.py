@@ -415,8 +415,10 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
 
     if config.silhouette not in ("off", "depth", "pose"):
         raise ValueError(f"ReconConfig.silhouette must be 'off', 'depth' or 'pose', got {config.silhouette!r}")
-    if config.silhouette_search not in ("nelder-mead", "powell"):
-        raise ValueError(f"ReconConfig.silhouette_search must be 'nelder-mead' or 'powell', "
+    from xrecon.solve.silhouette import SEARCH_METHODS
+
+    if config.silhouette_search not in SEARCH_METHODS:
+        raise ValueError(f"ReconConfig.silhouette_search must be one of {SEARCH_METHODS}, "
                          f"got {config.silhouette_search!r}")
     if config.silhouette != "off" and ct_mesh is None:
         raise ValueError(f"ReconConfig.silhouette={config.silhouette!r} needs the CT's bone mesh (ct_mesh); "
