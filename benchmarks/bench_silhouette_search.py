@@ -1,4 +1,4 @@
-"""The silhouette step's search, compared on the recon benchmark's registrations (issue 6).
+"""The silhouette step's search, compared on the recon benchmark's registrations.
 
 The CT registration's last step (``ReconConfig.silhouette = "pose"``) moves the
 CT's bone mesh to where its ray-cast silhouette best overlaps the network's
@@ -8,7 +8,7 @@ starts. This benchmark takes the registrations of ``bench_recon.py`` (same
 split, views, cases, CT frames and seeds), solves each up to the joint solver
 once (``silhouette="off"``), then runs the silhouette search from that pose
 
-* with each search method (Nelder-Mead, the default; Powell, session 24's),
+* with each search method (Nelder-Mead, the default; the bounded Powell search),
 * from the start moved by each of ``--perturb-mm`` along every axis (0 = the
   product's start: the run-to-run scatter of a method is how far its results
   move for starts a few hundredths of a millimetre apart),
