@@ -52,8 +52,8 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
     cam = camera if isinstance(camera, Camera) else None
     source = str(image) if isinstance(image, (str, Path)) else None
     if source is not None:
-        if cam is not None:  # the caller's camera wins; the reader only needs some geometry
-            img, _ = read_xray(image, sdd_mm=float(cam.sdd_mm[0]), pixel_spacing_mm=cam.pixel_spacing_mm)
+        if cam is not None:  # the caller's camera wins (scaled with the image when a large file is shrunk)
+            img, cam = read_xray(image, camera=cam)
         else:
             img, cam = read_xray(image, sidecar=camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     else:
@@ -79,15 +79,12 @@ def model_kind(path: str | Path | None) -> str:
     from a model file's format tag."""
     if path is None:
         return "recon"
-    import torch
-
+    from xrecon.io import load_torch_file
     from xrecon.methods.recon.model_io import FORMAT as RECON_FORMAT
     from xrecon.methods.scr.model_io import FORMAT as SCR_FORMAT
 
-    try:
-        fmt = torch.load(path, map_location="cpu", weights_only=False).get("format")
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise InputError(f"cannot read the model file ({type(exc).__name__}: {exc})", path) from exc
+    payload = load_torch_file(path)
+    fmt = payload.get("format") if isinstance(payload, dict) else None
     kinds = {RECON_FORMAT: "recon", SCR_FORMAT: "scr"}
     if fmt not in kinds:
         raise InputError(f"not an xrecon model (format tag {fmt!r})", path)

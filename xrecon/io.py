@@ -47,3 +47,40 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+#: What a model or checkpoint file may hold (docs/hardening.md): tensors, numbers,
+#: strings, None, and lists / tuples / dicts of them. Anything else (a class, a
+#: function, a numpy array) is refused before it is built, so a crafted file
+#: cannot run code.
+MODEL_FILE_CONTENTS = "tensors, numbers, strings, None, and lists / tuples / dicts of them"
+
+
+def load_torch_file(path: str | Path, *, map_location="cpu", what: str = "model file"):
+    """Read a ``.pt`` file without running any code it may carry.
+
+    ``torch.load(..., weights_only=True)``: the unpickler builds only
+    :data:`MODEL_FILE_CONTENTS` and refuses every other global before calling it.
+
+    Raises:
+        InputError: missing or unreadable file, or one holding anything else
+            (the message names the refused object).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such {what}", path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if refused is None:  # not a pickle, or a damaged one
+            raise InputError(f"cannot read the {what} (not a PyTorch file, or a damaged one)", path) from None
+        raise InputError(f"refused: the {what} holds more than weights and plain data ({refused}); "
+                         f"xrecon reads only {MODEL_FILE_CONTENTS}", path) from None
+    except Exception as exc:  # torch raises many types for a truncated or foreign file
+        raise InputError(f"cannot read the {what} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})",
+                         path) from None

@@ -109,7 +109,7 @@ def test_model_file_round_trip_and_checks(tmp_path):
         assert torch.equal(net(x).coords, net2(x).coords)
     assert info["command"] == "test" and space2.fingerprint == space.fingerprint
     assert path.with_suffix(".json").is_file()
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     state["shape_model_fingerprint"] = "0" * 16
     torch.save(state, tmp_path / "other.pt")
     with pytest.raises(InputError, match="another version of the shape model"):

@@ -40,7 +40,7 @@ def test_learns_the_planted_weights_and_writes_outputs(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 1000
     # best.pt holds the weights of the best validation epoch
     best_epoch = min(hist, key=lambda h: h["val_metrics"]["abs_err"])["epoch"]
-    assert torch.load(res.best_checkpoint, weights_only=False)["epoch"] == best_epoch
+    assert torch.load(res.best_checkpoint, weights_only=True)["epoch"] == best_epoch
     assert res.best_value == pytest.approx(min(h["val_metrics"]["abs_err"] for h in hist))
     fresh = load_weights(toy_model(seed=5), res.last_checkpoint)
     assert torch.equal(fresh.weight, model.weight)

@@ -55,7 +55,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from xrecon.errors import InputError
-from xrecon.io import atomic_path, atomic_write_text
+from xrecon.io import atomic_path, atomic_write_text, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +433,7 @@ def train(
     best = math.inf
     last_path = ckpt_dir / "last.pt"
     if cfg.resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
+        state = load_torch_file(last_path, map_location=device, what="checkpoint")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -527,7 +527,7 @@ def train(
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "global_step": global_step,
                      "history": result.history, "best": best,
-                     "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                     "rng": {"python": random.getstate(), "numpy": _numpy_rng_state(),
                              "torch": torch.get_rng_state(), "loader": gen.get_state()}}
             with atomic_path(last_path) as tmp:
                 torch.save(state, tmp)
@@ -547,13 +547,18 @@ def train(
     return result
 
 
+def _numpy_rng_state() -> tuple:
+    """numpy's global RNG state with its key array as a list, so a checkpoint holds
+    only plain data and loads with weights-only unpickling (``np.random.set_state``
+    takes it back as it is)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, keys.tolist(), pos, has_gauss, cached
+
+
 def load_weights(model: nn.Module, checkpoint: str | Path, map_location: str = "cpu") -> nn.Module:
     """Load the weights of a ``best.pt`` / ``last.pt`` checkpoint into ``model``."""
     path = Path(checkpoint)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
-        raise InputError(f"cannot read checkpoint ({exc})", path) from exc
+    state = load_torch_file(path, map_location=map_location, what="checkpoint")
     model.load_state_dict(state["model"] if "model" in state else state)
     return model
 

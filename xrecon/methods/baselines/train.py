@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from torch.utils.data import Dataset
 
 from xrecon.errors import InputError
 from xrecon.geometry import Camera
-from xrecon.io import atomic_path, atomic_write_text
+from xrecon.io import atomic_path, atomic_write_text, load_torch_file
 from xrecon.methods.baselines.landmarks import (
     LandmarkHeatmapNet, decode_heatmaps, heatmap_loss, heatmap_targets, project_landmarks)
 from xrecon.methods.baselines.posenet import PoseNet, geometric_loss
@@ -142,12 +141,7 @@ def save_baseline(path: str | Path, kind: str, model: torch.nn.Module, init_args
 def load_baseline(path: str | Path, kind: str) -> tuple[torch.nn.Module, dict]:
     """Read a model written by :func:`save_baseline` -> ``(model in eval mode, metadata)``."""
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError as exc:
-        raise InputError("model file not found", path) from exc
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise InputError(f"cannot read the model file ({exc.__class__.__name__})", path) from exc
+    payload = load_torch_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMATS[kind]:
         raise InputError(f"not a {kind} baseline model (format tag {FORMATS[kind]!r} missing)", path)
     args = dict(payload["init_args"])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from xrecon.errors import InputError
-from xrecon.io import atomic_path, atomic_write_text
+from xrecon.io import atomic_path, atomic_write_text, load_torch_file
 from xrecon.methods.recon.network import ReconNet, ReconNetConfig
 from xrecon.methods.recon.shape import ShapeSpace
 
@@ -48,10 +48,7 @@ def load_recon_model(path: str | Path | None = None, device: str | torch.device 
     path = Path(path) if path is not None else DEFAULT_MODEL
     if not path.is_file():
         raise InputError("no reconstruction model here (train one with `xrecon train recon`)", path)
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt file
-        raise InputError(f"cannot read the model file ({type(exc).__name__}: {exc})", path) from exc
+    state = load_torch_file(path, map_location=device)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"not an xrecon reconstruction model (expected format {FORMAT!r})", path)
     from shape_models.bundled import load_model

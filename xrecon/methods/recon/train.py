@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import ConcatDataset
 
 from xrecon.errors import InputError
+from xrecon.io import load_torch_file
 from xrecon.methods.recon.data import ReconH5Dataset
 from xrecon.methods.recon.loss import ReconLoss, ReconLossWeights
 from xrecon.methods.recon.model_io import load_recon_model, save_recon_model
@@ -169,7 +170,7 @@ def export_checkpoint(run_dir: str | Path, checkpoint: str = "best", out: str | 
     net = ReconNet(ReconNetConfig.from_dict(info["net_config"]))
     ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
     load_weights(net, ckpt)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = load_torch_file(ckpt, what="checkpoint")
     shape_name = info["data"]["train"]["config"]["shape_model"]
     space = ShapeSpace.from_shape_model(load_model(shape_name))
     out = Path(out) if out else run_dir / f"recon_model_{checkpoint}.pt"

@@ -22,7 +22,6 @@ for humans and for the README.
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import torch
 
 from xrecon.errors import InputError
 from xrecon.geometry import Camera
-from xrecon.io import atomic_path, atomic_write_text
+from xrecon.io import atomic_path, atomic_write_text, load_torch_file
 from xrecon.methods.scr.network import CoordinateNormalizer, SceneCoordinateNet
 
 FORMAT = "xrecon-scr"
@@ -96,12 +95,7 @@ def load_scr_model(path: str | Path, device: str | torch.device = "cpu") -> tupl
             or weights that do not fit the described network.
     """
     path = Path(path)
-    try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-    except FileNotFoundError as exc:
-        raise InputError("model file not found", path) from exc
-    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:
-        raise InputError(f"cannot read the model file ({exc.__class__.__name__}: {exc})", path) from exc
+    payload = load_torch_file(path, map_location=device)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"not a patient-specific SCR model (no '{FORMAT}' format tag); "
                          "train one with `xrecon train scr`", path)
