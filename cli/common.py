@@ -26,3 +26,10 @@ def handle_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+def positive(value):
+    """Typer callback: refuse a number that is not > 0 (``None`` passes: option not given)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}")
+    return value

@@ -14,6 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: option names are never cut, whatever the terminal width
 )
 
 # (module in xrecon.cli, attribute, name). A module exposing a Typer app is added
@@ -64,16 +65,35 @@ for _mod, _attr, _name in _COMMANDS:
         app.command(name=_name)(_obj)
 
 
-def run() -> None:
-    """Entry point that turns xrecon's own errors into one line and exit code 2."""
+def run(argv: list[str] | None = None) -> None:
+    """Entry point: xrecon's own errors and bad command lines (an unknown option, a
+    value out of range) become one line ``xrecon: error: ...`` and exit code 2."""
+    # typer vendors click (typer._click) from 0.20 on; the exceptions are click's own
+    from typer import Abort
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+
     from xrecon.errors import XreconError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        app()
+        rv = app(args=argv, prog_name="xrecon", standalone_mode=False)
     except XreconError as exc:
         typer.echo(f"xrecon: error: {exc}", err=True)
         sys.exit(2)
+    except NoArgsIsHelpError as exc:  # `xrecon` or `xrecon ssm` alone: the help
+        typer.echo(exc.format_message())
+        sys.exit(0)
+    except UsageError as exc:
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        typer.echo(f"xrecon: error: {exc.format_message()}{hint}", err=True)
+        sys.exit(2)
+    except ClickException as exc:
+        typer.echo(f"xrecon: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except Abort:
+        typer.echo("xrecon: aborted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 if __name__ == "__main__":

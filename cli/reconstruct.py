@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import handle_errors, positive
 
 
 @handle_errors
@@ -14,8 +14,8 @@ def reconstruct(
     image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM / NumPy), bone bright or dark."),
     camera: Optional[Path] = typer.Option(None, "--camera", help="Camera JSON (intrinsics; default: the image's "
                                                                   "sidecar <image>.json)."),
-    sdd: Optional[float] = typer.Option(None, "--sdd", help="Source-to-detector distance (mm), without --camera."),
-    pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", help="Detector pixel size (mm)."),
+    sdd: Optional[float] = typer.Option(None, "--sdd", callback=positive, help="Source-to-detector distance (mm), without --camera."),
+    pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", callback=positive, help="Detector pixel size (mm)."),
     out: Path = typer.Option(Path("out/reconstruct"), "--out", help="Output folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="Reconstruction model (default: shipped weights)."),
     no_shape_fit: bool = typer.Option(False, "--no-shape-fit", help="Skip the joint pose + shape refinement."),

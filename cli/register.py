@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import handle_errors, positive
 
 
 @handle_errors
@@ -20,8 +20,8 @@ def register(
     structures: Optional[str] = typer.Option(None, "--structures", help="Labels to use: names, ids or groups, "
                                                                          "comma-separated (needs --labels)."),
     camera: Optional[Path] = typer.Option(None, "--camera", help="Camera JSON (default: the image's sidecar)."),
-    sdd: Optional[float] = typer.Option(None, "--sdd", help="Source-to-detector distance (mm), without --camera."),
-    pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", help="Detector pixel size (mm)."),
+    sdd: Optional[float] = typer.Option(None, "--sdd", callback=positive, help="Source-to-detector distance (mm), without --camera."),
+    pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", callback=positive, help="Detector pixel size (mm)."),
     refine: bool = typer.Option(False, "--refine", help="Refine the pose by intensity (DRR vs X-ray)."),
     out: Path = typer.Option(Path("out/register"), "--out", help="Output folder."),
     model: Optional[Path] = typer.Option(None, "--model", help="Model file: patient-wide reconstruction (default: "

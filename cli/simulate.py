@@ -58,7 +58,7 @@ def simulate(
     shard: str = typer.Option("0/1", "--shard", help="Make only shards k with k % n == i (i/n), to split across machines."),
     shard_size: int = typer.Option(32, "--shard-size", min=1, help="Images per shard file."),
     poses: str = typer.Option("seed002", "--poses", help="Pose sampler: seed002 (LAO/RAO +-45, offsets 90/30/30 mm) or general."),
-    spacing_mm: float = typer.Option(2.0, "--spacing-mm", help="Voxel size the CT is resampled to for DRRs (0: full resolution)."),
+    spacing_mm: float = typer.Option(2.0, "--spacing-mm", min=0, help="Voxel size the CT is resampled to for DRRs (0: full resolution)."),
     n_samples: int = typer.Option(128, "--n-samples", min=2, help="Samples per ray (trilinear DRR)."),
     bone_only: bool = typer.Option(False, "--bone-only", help="DRR of the selected bone structures only."),
     surface_samples: int = typer.Option(1024, "--surface-samples", min=1, help="Visible-surface points per image."),

@@ -10,12 +10,14 @@ from typing import List, Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import handle_errors, positive
 
 app = typer.Typer(help="Statistical shape models: build from meshes, inspect, fit to 3D points or X-ray masks.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, rich_markup_mode=None)
 
 MESH_SUFFIXES = (".ply", ".stl", ".obj", ".off")
+#: fewer points than this cannot pin a similarity pose plus shape modes
+MIN_FIT_POINTS = 10
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
@@ -33,7 +35,7 @@ def _load_model(model: str):
 def build(
     mesh_dir: Path = typer.Argument(..., help="Folder of meshes (.ply .stl .obj .off), one bone each."),
     out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.npz)."),
-    n_components: float = typer.Option(0.98, help="Modes: an integer count, or a variance fraction in (0, 1]."),
+    n_components: float = typer.Option(0.98, callback=positive, help="Modes: an integer count, or a variance fraction in (0, 1]."),
     procrustes: str = typer.Option("similarity", help="Alignment: similarity, rigid or none."),
     template: Optional[Path] = typer.Option(None, help="Template mesh (default: the mesh with the median vertex count)."),
     in_correspondence: bool = typer.Option(False, help="Meshes already share vertices and faces: skip registration."),
@@ -142,7 +144,7 @@ def fit(
     camera: List[Path] = typer.Option([], "--camera", help="Camera JSON per mask image (xrecon Camera.save format)."),
     init_pose: Optional[Path] = typer.Option(None, help="JSON 4x4 model_to_world (2D fits; default identity)."),
     estimate_pose: bool = typer.Option(False, help="2D fits: also refine the pose from --init-pose."),
-    prior_weight: float = typer.Option(1.0, help="Weight of the Mahalanobis prior |b|^2."),
+    prior_weight: float = typer.Option(1.0, min=0, help="Weight of the Mahalanobis prior |b|^2."),
     out: Path = typer.Option(Path("ssm_fit"), "--out", "-o", help="Output stem: writes STEM.ply and STEM.json."),
 ) -> None:
     """Fit a model to a 3D point cloud (any frame) or to bone masks in one or more X-ray views."""
@@ -155,7 +157,7 @@ def fit(
     from shape_models.fit3d import Fit3DConfig, fit_points
     from xrecon.errors import InputError
     from xrecon.geometry.camera import Camera
-    from xrecon.io import atomic_path, atomic_write_text
+    from xrecon.io import atomic_path, atomic_write_json
 
     m = _load_model(model)
     images = [p for p in inputs if p.suffix.lower() in IMAGE_SUFFIXES]
@@ -192,6 +194,10 @@ def fit(
         pts = _read_points(inputs[0])
         if pts.ndim != 2 or pts.shape[1] != 3:
             raise InputError(f"points must be an (N, 3) array, got shape {pts.shape}", inputs[0])
+        if len(pts) < MIN_FIT_POINTS:
+            raise InputError(f"{len(pts)} points: a shape fit needs at least {MIN_FIT_POINTS}", inputs[0])
+        if not np.isfinite(pts).all():
+            raise InputError("points hold NaN or inf", inputs[0])
         res = fit_points(m, pts, Fit3DConfig(prior_weight=prior_weight))
         report = {"kind": "3D points", "points": str(inputs[0]), "success": res.success, "reason": res.reason,
                   "coefficients_sd": res.coefficients.tolist(), "model_to_points": res.model_to_points.tolist(),
@@ -199,11 +205,13 @@ def fit(
                   "inlier_fraction": float(res.inliers.mean()), "mahalanobis_sd": res.mahalanobis,
                   "frame": "frame of the input points, mm"}
     report["model"] = model
+    source = inputs[0] if len(inputs) == 1 else None
+    if not res.success:  # a failed fit writes nothing
+        raise InputError(f"the fit failed: {res.reason}", source)
+    if not np.isfinite(res.vertices).all():
+        raise InputError("the fit failed: it produced non-finite vertices", source)
     mesh_path = out.with_suffix(".ply")
     with atomic_path(mesh_path) as tmp:
         trimesh.Trimesh(res.vertices, res.faces, process=False).export(tmp)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1))
-    status = "ok" if res.success else f"FAILED: {res.reason}"
-    typer.echo(f"{status}; wrote {mesh_path} and {out.with_suffix('.json')}")
-    if not res.success:
-        raise typer.Exit(1)
+    atomic_write_json(out.with_suffix(".json"), report, indent=1)
+    typer.echo(f"ok; wrote {mesh_path} and {out.with_suffix('.json')}")

@@ -7,9 +7,10 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import handle_errors, positive
 
-app = typer.Typer(help="Train the networks (single process, or DDP under torchrun).", no_args_is_help=True)
+app = typer.Typer(help="Train the networks (single process, or DDP under torchrun).", no_args_is_help=True,
+                  rich_markup_mode=None)
 
 
 @app.command("recon")
@@ -19,41 +20,41 @@ def recon(
                                                  "curves.png, recon_model.pt (+ .json)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder holding train.h5 / val.h5 (default OUT/data); "
                                                               "generated when missing."),
-    train_shapes: Optional[int] = typer.Option(None, help="Train-split subjects simulated (default: all)."),
-    first_shape: int = typer.Option(0, help="First train-split subject simulated (to add a part of the split)."),
+    train_shapes: Optional[int] = typer.Option(None, min=1, help="Train-split subjects simulated (default: all)."),
+    first_shape: int = typer.Option(0, min=0, help="First train-split subject simulated (to add a part of the split)."),
     train_file: str = typer.Option("train.h5", help="Name of the training file to simulate when missing; "
                                                     "training reads every train*.h5 of the data folder."),
-    random_shapes: int = typer.Option(0, help="Extra random draws from the shape model."),
-    views: int = typer.Option(24, help="Simulated views per training shape."),
+    random_shapes: int = typer.Option(0, min=0, help="Extra random draws from the shape model."),
+    views: int = typer.Option(24, min=1, help="Simulated views per training shape."),
     no_bone: bool = typer.Option(False, "--no-bone", help="Simulate negatives (the bodies without their bone) "
                                                           "into --train-file."),
-    val_shapes: Optional[int] = typer.Option(None, help="Validation-split subjects (default: all)."),
-    val_views: int = typer.Option(4, help="Views per validation shape (seed-002 protocol)."),
+    val_shapes: Optional[int] = typer.Option(None, min=1, help="Validation-split subjects (default: all)."),
+    val_views: int = typer.Option(4, min=1, help="Views per validation shape (seed-002 protocol)."),
     protocol: str = typer.Option("mixed", help="Training pose protocol: mixed | wide | seed002."),
-    image_size: int = typer.Option(128, help="Detector pixels (square)."),
-    epochs: int = typer.Option(20, help="Passes over the training set."),
-    batch_size: int = typer.Option(16, help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(2e-3, help="Peak learning rate (AdamW, warm-up + cosine)."),
-    base_channels: int = typer.Option(16, help="U-Net width (CPU 16; GPU 32-64)."),
-    levels: int = typer.Option(4, help="U-Net levels (CPU 4; 256-512 px: 5)."),
-    fine_channels: Optional[int] = typer.Option(None, help="Width of the full-resolution branch (0 = none; default: "
+    image_size: int = typer.Option(128, min=16, help="Detector pixels (square)."),
+    epochs: int = typer.Option(20, min=1, help="Passes over the training set."),
+    batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
+    lr: float = typer.Option(2e-3, callback=positive, help="Peak learning rate (AdamW, warm-up + cosine)."),
+    base_channels: int = typer.Option(16, min=1, help="U-Net width (CPU 16; GPU 32-64)."),
+    levels: int = typer.Option(4, min=1, help="U-Net levels (CPU 4; 256-512 px: 5)."),
+    fine_channels: Optional[int] = typer.Option(None, min=0, help="Width of the full-resolution branch (0 = none; default: "
                                                            "the --init model's, else 0). Added to an --init model "
                                                            "without one, it starts as a no-op; an --init model's "
                                                            "branch cannot be removed or resized."),
-    threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
-    workers: int = typer.Option(0, help="Data loader worker processes."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: leave as is)."),
+    workers: int = typer.Option(0, min=0, help="Data loader worker processes."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    time_limit_min: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes."),
+    time_limit_min: Optional[float] = typer.Option(None, callback=positive, help="Stop cleanly after this many minutes."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off load-time domain randomisation."),
     seed: int = typer.Option(0, help="Seed of the simulation, the weights and the sampling."),
     simulate_only: bool = typer.Option(False, "--simulate-only", help="Simulate the data, then stop."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoints/last.pt when it exists."),
     init: Optional[Path] = typer.Option(None, help="Start from the weights of this model file (recon_model.pt) "
                                                    "with a fresh optimiser and schedule (ignored on resume)."),
-    layout_weight: float = typer.Option(0.0, help="Weight of the in-plane scale term of the loss (1 unit = a 1 percent "
+    layout_weight: float = typer.Option(0.0, min=0, help="Weight of the in-plane scale term of the loss (1 unit = a 1 percent "
                                                   "scale error of the image's predicted coordinates, which PnP "
                                                   "turns into depth; 0 = off)."),
-    along_ray_weight: float = typer.Option(1.0, help="Weight of the coordinate error along each pixel's ray (1 = "
+    along_ray_weight: float = typer.Option(1.0, min=0, help="Weight of the coordinate error along each pixel's ray (1 = "
                                                      "plain Euclidean error; lower values favour the part across "
                                                      "the ray, which PnP sees most; a heuristic, since predictions "
                                                      "are snapped onto the mean surface: keep it well above 0)."),
@@ -61,9 +62,9 @@ def recon(
                                                                   "of their predicted sigma (errors weighted by "
                                                                   "0.1 / sigma) instead of the plain error plus a "
                                                                   "detached sigma term."),
-    mask_weight: float = typer.Option(0.2, help="Weight of the bone mask's cross-entropy in the loss (the CT "
+    mask_weight: float = typer.Option(0.2, min=0, help="Weight of the bone mask's cross-entropy in the loss (the CT "
                                                 "registration's silhouette step fits the CT to that mask)."),
-    zoom_aug: float = typer.Option(1.0, "--zoom-aug", help="Zoom half of the training images in about the principal "
+    zoom_aug: float = typer.Option(1.0, "--zoom-aug", min=1, help="Zoom half of the training images in about the principal "
                                                            "point by up to this factor (exact for the per-pixel "
                                                            "targets: a longer focal length; zoomed images do not "
                                                            "train the size mode; 1 = off)."),

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import handle_errors, positive
 
 
 @handle_errors
@@ -27,36 +27,36 @@ def scr(
     method: str = typer.Option("scr", "--method", help="scr | posenet | landmarks (baselines, same data)."),
     landmarks: str = typer.Option("thoracic_vertebrae,vertebrae_L1,sternum,ribs", "--landmarks",
                                   help="Structures whose centroids the landmark baseline detects."),
-    epochs: int = typer.Option(12, help="Passes over the training set."),
-    batch_size: int = typer.Option(16, help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate (AdamW, cosine). Seed 002: 1e-4 constant."),
+    epochs: int = typer.Option(12, min=1, help="Passes over the training set."),
+    batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
+    lr: float = typer.Option(1e-3, callback=positive, help="Peak learning rate (AdamW, cosine). Seed 002: 1e-4 constant."),
     schedule: str = typer.Option("cosine", help="cosine | constant."),
-    base_channels: int = typer.Option(16, help="U-Net width (CPU 16; GPU 32-64)."),
-    levels: int = typer.Option(4, help="U-Net levels (CPU 4; 512 px: 5)."),
-    input_stride: int = typer.Option(2, help="2: half-resolution U-Net with dense upsampled output (CPU); "
+    base_channels: int = typer.Option(16, min=1, help="U-Net width (CPU 16; GPU 32-64)."),
+    levels: int = typer.Option(4, min=1, help="U-Net levels (CPU 4; 512 px: 5)."),
+    input_stride: int = typer.Option(2, min=1, max=2, help="2: half-resolution U-Net with dense upsampled output (CPU); "
                                              "1: full resolution (the seed's, for GPUs)."),
-    fine_channels: int = typer.Option(0, help="Width of a full-resolution branch that corrects the upsampled "
+    fine_channels: int = typer.Option(0, min=0, help="Width of a full-resolution branch that corrects the upsampled "
                                               "output (input stride 2 only; 0 = none). With --init it is added "
                                               "to a model trained without it, starting as a no-op."),
     init: Optional[Path] = typer.Option(None, "--init", help="SCR only: start from the weights of this model file "
                                                             "(same CT and U-Net size; ignored when resuming)."),
-    beta: float = typer.Option(0.0, help="beta-NLL exponent of the SCR likelihood (0 = seed 002's loss; "
+    beta: float = typer.Option(0.0, min=0, max=1, help="beta-NLL exponent of the SCR likelihood (0 = seed 002's loss; "
                                          "0.5 trains faster on a CPU budget)."),
-    zoom_aug: float = typer.Option(1.0, "--zoom-aug", help="SCR only: zoom half of the training images in by a "
+    zoom_aug: float = typer.Option(1.0, "--zoom-aug", min=1, help="SCR only: zoom half of the training images in by a "
                                                            "random factor up to this (exact for scene coordinates: a "
                                                            "longer focal length; teaches the magnification); 1 = off."),
-    layout_weight: float = typer.Option(0.0, help="SCR only: weight of the in-plane scale term of the loss (1 unit = "
+    layout_weight: float = typer.Option(0.0, min=0, help="SCR only: weight of the in-plane scale term of the loss (1 unit = "
                                                   "a 1 percent scale error of the image's predicted scene "
                                                   "coordinates, which PnP turns into depth; 0 = off)."),
-    along_ray_weight: float = typer.Option(1.0, help="SCR only: weight of the coordinate error along each pixel's "
+    along_ray_weight: float = typer.Option(1.0, min=0, help="SCR only: weight of the coordinate error along each pixel's "
                                                      "ray in the likelihood (PnP sees only the part across the "
                                                      "ray; 1 = seed 002's loss, 0 = reprojection error only)."),
-    val_fraction: float = typer.Option(0.05, help="Share of the dataset held out for validation."),
-    val_images: int = typer.Option(96, help="Validation images that get a full PnP per epoch."),
-    threads: Optional[int] = typer.Option(None, help="torch threads (default: leave as is)."),
-    workers: int = typer.Option(0, help="Data loader worker processes."),
+    val_fraction: float = typer.Option(0.05, min=0, max=0.5, help="Share of the dataset held out for validation."),
+    val_images: int = typer.Option(96, min=0, help="Validation images that get a full PnP per epoch."),
+    threads: Optional[int] = typer.Option(None, min=1, help="torch threads (default: leave as is)."),
+    workers: int = typer.Option(0, min=0, help="Data loader worker processes."),
     device: str = typer.Option("auto", help="auto | cpu | cuda."),
-    time_limit_min: Optional[float] = typer.Option(None, help="Stop cleanly after this many minutes."),
+    time_limit_min: Optional[float] = typer.Option(None, callback=positive, help="Stop cleanly after this many minutes."),
     seed: int = typer.Option(0, help="Seed of the split, the weights and the sampling."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off the seed-002 augmentation."),
     resume: bool = typer.Option(True, help="Continue from out/checkpoints/last.pt when it exists."),

@@ -126,7 +126,33 @@ def _pose(value, path: Path, case_id: str, allow_missing: bool) -> np.ndarray:
         raise InputError(f"case {case_id!r}: world_to_cam must be 4x4 (or 3x4), got shape {T.shape}", path)
     if not allow_missing and not np.isfinite(T).all():
         raise InputError(f"case {case_id!r}: true world_to_cam holds NaN or inf", path)
+    if np.isfinite(T).all():
+        R = T[:3, :3]
+        if not (np.allclose(T[3], [0, 0, 0, 1], atol=1e-6) and np.allclose(R @ R.T, np.eye(3), atol=1e-4)
+                and np.linalg.det(R) > 0):
+            raise InputError(f"case {case_id!r}: world_to_cam is not a rigid transform (its 3x3 block must be a "
+                             "rotation, orthonormal with determinant +1, and its last row 0 0 0 1)", path)
     return T
+
+
+def _time(value, path: Path, case_id: str) -> float:
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "nan")):
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InputError(f"case {case_id!r}: time_s must be a number of seconds, got {value!r}", path)
+    try:
+        t = float(value)
+    except ValueError:
+        raise InputError(f"case {case_id!r}: time_s must be a number of seconds, got {value!r}", path) from None
+    if not (t >= 0 and math.isfinite(t)):
+        raise InputError(f"case {case_id!r}: time_s must be a finite number >= 0, got {value!r}", path)
+    return t
+
+
+def _add_prediction(out: dict, case: "PredictedCase", path: Path) -> None:
+    if case.case_id in out:
+        raise InputError(f"case id {case.case_id!r} appears twice", path)
+    out[case.case_id] = case
 
 
 def load_ground_truth(path: str | Path) -> list[GroundTruthCase]:
@@ -141,6 +167,8 @@ def load_ground_truth(path: str | Path) -> list[GroundTruthCase]:
     default_camera = d.get("camera")
     out, seen = [], set()
     for i, c in enumerate(d["cases"]):
+        if not isinstance(c, dict):
+            raise InputError(f"cases[{i}] must be an object with case_id, world_to_cam and targets_world", path)
         case_id = str(c.get("case_id", i))
         if case_id in seen:
             raise InputError(f"case id {case_id!r} appears twice", path)
@@ -175,20 +203,26 @@ def load_predictions(path: str | Path) -> dict[str, PredictedCase]:
         if not rows or "case_id" not in rows[0] or any(c not in rows[0] for c in cols):
             raise InputError("prediction CSV needs columns case_id, m00 ... m33 (and optionally time_s)", path)
         for r in rows:
-            vals = [r[c] for c in cols]
-            pose = None if all(v.strip() in ("", "nan", "NaN") for v in vals) else \
-                np.array([float(v) if v.strip() else np.nan for v in vals]).reshape(4, 4)
-            out[r["case_id"]] = PredictedCase(r["case_id"], _pose(pose, path, r["case_id"], True),
-                                              float(r.get("time_s") or "nan"))
+            vals = [(r[c] or "").strip() for c in cols]
+            try:
+                pose = None if all(v in ("", "nan", "NaN") for v in vals) else \
+                    np.array([float(v) if v else np.nan for v in vals]).reshape(4, 4)
+            except ValueError as exc:
+                raise InputError(f"case {r['case_id']!r}: world_to_cam is not numeric ({exc})", path) from None
+            _add_prediction(out, PredictedCase(r["case_id"], _pose(pose, path, r["case_id"], True),
+                                               _time(r.get("time_s"), path, r["case_id"])), path)
         return out
     d = _read_json(path)
     if not isinstance(d, dict) or not isinstance(d.get("cases"), list):
         raise InputError("predictions need a 'cases' list", path)
+    if not d["cases"]:
+        raise InputError("the 'cases' list is empty: nothing to evaluate", path)
     for i, c in enumerate(d["cases"]):
+        if not isinstance(c, dict):
+            raise InputError(f"cases[{i}] must be an object with case_id and world_to_cam", path)
         case_id = str(c.get("case_id", i))
-        t = c.get("time_s")
-        out[case_id] = PredictedCase(case_id, _pose(c.get("world_to_cam"), path, case_id, True),
-                                     float("nan") if t is None else float(t))
+        _add_prediction(out, PredictedCase(case_id, _pose(c.get("world_to_cam"), path, case_id, True),
+                                           _time(c.get("time_s"), path, case_id)), path)
     return out
 
 
@@ -360,6 +394,9 @@ def evaluate(predictions_path: str | Path, ground_truth_path: str | Path, out_di
     """Read both files, score every case, write the report; returns the table and the paths."""
     gt = load_ground_truth(ground_truth_path)
     pred = load_predictions(predictions_path)
+    if not set(pred) & {g.case_id for g in gt}:
+        raise InputError(f"no case id matches the ground truth's ({', '.join(sorted(pred)[:3])} ... against "
+                         f"{', '.join(g.case_id for g in gt[:3])} ...)", predictions_path)
     table = evaluate_cases(pred, gt)
     return table, write_report(table, out_dir, title=title, plots=plots)
 
@@ -420,7 +457,7 @@ def predict_dataset(model_path: str | Path, dataset, indices, *, ct_path=None, l
                     progress: bool = True) -> dict[str, PredictedCase]:
     """Run a model's inference on the samples ``indices`` of a simulated dataset.
 
-    ``scr`` models: :func:`~xrecon.methods.scr.predict.prepare_image` +
+    ``scr`` models: :func:`~xrecon.imaging.prepare_image` +
     :func:`~xrecon.methods.scr.predict.predict_poses` with the inference
     settings stored in the model (no intensity refinement); the time per image
     is network + PnP. Reconstruction models: :func:`xrecon.api.register` of the
@@ -441,7 +478,8 @@ def predict_dataset(model_path: str | Path, dataset, indices, *, ct_path=None, l
     out: dict[str, PredictedCase] = {}
     if kind == "scr":
         from xrecon.methods.scr.model_io import load_scr_model
-        from xrecon.methods.scr.predict import SCRInferenceConfig, predict_poses, prepare_image
+        from xrecon.imaging import prepare_image
+        from xrecon.methods.scr.predict import SCRInferenceConfig, predict_poses
 
         model, info = load_scr_model(model_path)
         config = SCRInferenceConfig.from_dict(info.inference)

@@ -44,6 +44,31 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def json_ready(x):
+    """``x`` with numpy / torch values as plain numbers and lists, tuples as lists,
+    paths as strings, and NaN / inf as ``None`` (bare ``NaN`` is not JSON)."""
+    import math
+
+    if isinstance(x, dict):
+        return {str(k): json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_ready(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "tolist"):  # numpy arrays and scalars, torch tensors
+        return json_ready(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def atomic_write_json(path: str | Path, obj, *, indent: int = 2) -> None:
+    """Write ``json_ready(obj)`` as strict JSON, atomically."""
+    import json
+
+    atomic_write_text(path, json.dumps(json_ready(obj), indent=indent, allow_nan=False) + "\n")
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -26,7 +26,7 @@ import numpy as np
 
 from xrecon.anatomy.bone import BoneModel
 from xrecon.errors import InputError
-from xrecon.io import atomic_path, atomic_write_text
+from xrecon.io import atomic_path, atomic_write_json, atomic_write_text
 
 MESH_SUFFIXES = (".ply", ".stl", ".obj")
 _PLY_TYPES = {
@@ -229,7 +229,7 @@ def write_pose(path: str | Path, matrix: np.ndarray, from_frame: str, to_frame: 
         raise InputError(f"extra keys {sorted(reserved)} clash with the pose's own keys", path)
     doc = {"from_frame": str(from_frame), "to_frame": str(to_frame), "matrix": M.tolist()}
     doc.update(extra)
-    atomic_write_text(path, json.dumps(doc, indent=2, default=_json_default) + "\n")
+    atomic_write_json(path, doc)
 
 
 def read_pose(
@@ -272,14 +272,3 @@ def _check_matrix(matrix, rigid: bool, path: Path) -> np.ndarray:
             raise InputError(f"pose matrix is not rigid (|R^T R - I| = {err:.2g}, det {np.linalg.det(R):.4g})", path)
     return M
 
-
-def _json_default(x):
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, np.generic):
-        return x.item()
-    if hasattr(x, "tolist"):  # torch tensors
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"{type(x).__name__} is not JSON serialisable")

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from xrecon.errors import InputError
 from xrecon.geometry import Camera
-from xrecon.io import atomic_path, atomic_write_text, load_torch_file
+from xrecon.io import atomic_path, atomic_write_text, json_ready, load_torch_file
 from xrecon.methods.baselines.landmarks import (
     LandmarkHeatmapNet, decode_heatmaps, heatmap_loss, heatmap_targets, project_landmarks)
 from xrecon.methods.baselines.posenet import PoseNet, geometric_loss
@@ -131,8 +131,8 @@ def save_baseline(path: str | Path, kind: str, model: torch.nn.Module, init_args
                   extra: dict[str, Any] | None = None) -> None:
     """Write a baseline model (``kind`` in ``posenet`` / ``landmarks``) and its JSON sidecar."""
     path = Path(path)
-    meta = {"format": FORMATS[kind], "format_version": 1, "init_args": _jsonable(init_args),
-            "camera": camera.to_dict(), **_jsonable(extra or {})}
+    meta = {"format": FORMATS[kind], "format_version": 1, "init_args": json_ready(init_args),
+            "camera": camera.to_dict(), **json_ready(extra or {})}
     with atomic_path(path) as tmp:
         torch.save({**meta, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}, tmp)
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2))
@@ -154,20 +154,6 @@ def load_baseline(path: str | Path, kind: str) -> tuple[torch.nn.Module, dict]:
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["camera"] = Camera.from_dict(payload["camera"], path)
     return model.eval(), meta
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    return x
 
 
 # ---------------------------------------------------------------------- training entry points
