@@ -16,8 +16,9 @@ from xrecon.geometry import se3  # noqa: E402
 from xrecon.methods.scr.loss import absent_penalty, gaussian_nll, scr_loss  # noqa: E402
 from xrecon.methods.scr.network import (  # noqa: E402
     LOG_SIGMA_MAX, LOG_SIGMA_MIN, CoordinateNormalizer, SceneCoordinateNet, SceneCoordinates)
+from xrecon.imaging import prepare_image  # noqa: E402
 from xrecon.methods.scr.predict import (  # noqa: E402
-    SCRInferenceConfig, pose_from_correspondences, prepare_image, scene_correspondences)
+    SCRInferenceConfig, pose_from_correspondences, scene_correspondences)
 from xrecon.methods.scr.unet import UNet  # noqa: E402
 
 torch.set_num_threads(1)

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from xrecon.errors import InputError
 from xrecon.geometry import Camera
+from xrecon.imaging import prepare_image
 from xrecon.methods.recon.network import ReconNet
-from xrecon.methods.scr.predict import prepare_image
 
 
 @dataclass

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from xrecon.errors import InputError, ShapeError
+from xrecon.errors import InputError
 from xrecon.geometry import Camera
+from xrecon.imaging import prepare_image
 from xrecon.methods.scr.network import SceneCoordinateNet, SceneCoordinates, log_variance
 
 log = logging.getLogger(__name__)
@@ -117,28 +117,6 @@ def pose_from_correspondences(corr: Correspondences, camera: Camera, config: SCR
                     min_inlier_ratio=config.min_inlier_ratio, seed=config.seed)
     # The engine's ``log_sigma`` argument is the seed's log variance.
     return solve_pnp(corr.points_world, corr.pixels_uv, camera, config=pnp, log_sigma=corr.log_variance)
-
-
-def prepare_image(image, camera: Camera, height: int, width: int) -> tuple[torch.Tensor, Camera]:
-    """An X-ray ``(H, W)`` (numpy / torch, any intensity scale) resized to the
-    network's ``height x width`` as ``(1, 1, height, width)`` float32, and the
-    camera resized to match (:meth:`Camera.resized`)."""
-    img = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
-    while img.ndim > 2 and img.shape[0] == 1:
-        img = img[0]
-    if img.ndim != 2:
-        raise ShapeError("image", "(H, W) grey-level X-ray", tuple(img.shape))
-    if (img.shape[0], img.shape[1]) != (camera.height, camera.width):
-        raise InputError(f"image is {img.shape[0]}x{img.shape[1]} px but its camera describes "
-                         f"{camera.height}x{camera.width} px")
-    if not torch.isfinite(img).all():
-        raise InputError("image holds NaN or inf")
-    if float(img.std()) == 0.0:
-        raise InputError("image is constant (no anatomy to register)")
-    if img.shape != (height, width):
-        img = F.interpolate(img[None, None], size=(height, width), mode="area")[0, 0]
-        camera = camera.resized(height, width)
-    return img[None, None].contiguous(), camera
 
 
 @dataclass
