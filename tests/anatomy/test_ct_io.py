@@ -98,6 +98,57 @@ def test_nan_voxels_are_rejected(tmp_path):
         read_ct(tmp_path / "nan.nii.gz")
 
 
+def test_nifti_without_a_known_spacing_is_refused_and_without_orientation_warned(tmp_path, caplog):
+    data = np.zeros((5, 6, 4), np.int16)
+    # neither qform nor sform: the standard's fall-back, pixdim spacing, no orientation -> read, with a warning
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(data.shape)
+    hdr.set_zooms((0.7, 0.8, 2.5))
+    img = nib.Nifti1Image(data, None, hdr)
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, str(tmp_path / "noform.nii.gz"))
+    with caplog.at_level("WARNING", logger="xrecon.anatomy.ct_io"):
+        vol = read_ct(tmp_path / "noform.nii.gz")
+    np.testing.assert_allclose(vol.spacing_mm, [0.7, 0.8, 2.5], atol=1e-6)
+    assert "noform.nii.gz: NIfTI has neither qform nor sform" in caplog.text
+    # a zero spacing and no sform: nibabel would read 1 mm -> refused
+    zero = nib.Nifti1Image(data, np.eye(4))
+    zero.header["pixdim"][1:4] = 0
+    zero.set_qform(None, code=0)
+    zero.set_sform(None, code=0)
+    nib.save(zero, str(tmp_path / "zero.nii.gz"))
+    with pytest.raises(InputError, match=r"zero.nii.gz: NIfTI header gives voxel spacing pixdim\[1:4\] = \(0.0, 0.0, 0.0\)"):
+        read_ct(tmp_path / "zero.nii.gz")
+    # an ordinary file (sform) reads without a warning
+    caplog.clear()
+    _save_nifti(tmp_path / "ct.nii.gz", data, _affine())
+    with caplog.at_level("WARNING", logger="xrecon.anatomy.ct_io"):
+        read_ct(tmp_path / "ct.nii.gz")
+    assert caplog.text == ""
+
+
+def test_nrrd_and_metaimage_without_spacing_are_read_as_1mm_with_a_warning(tmp_path, caplog):
+    raw = np.arange(5 * 6 * 4, dtype=np.int16).tobytes()
+    (tmp_path / "bare.nrrd").write_bytes(
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 5 6 4\nendian: little\nencoding: raw\n\n" + raw)
+    (tmp_path / "bare.mha").write_bytes(
+        b"ObjectType = Image\nNDims = 3\nDimSize = 5 6 4\nElementType = MET_SHORT\nElementDataFile = LOCAL\n" + raw)
+    for name in ("bare.nrrd", "bare.mha"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="xrecon.anatomy.ct_io"):
+            vol = read_ct(tmp_path / name)
+        np.testing.assert_allclose(vol.spacing_mm, 1.0)
+        assert f"{name}: the header gives no voxel spacing" in caplog.text
+    (tmp_path / "spaced.nrrd").write_bytes(
+        b"NRRD0004\ntype: short\ndimension: 3\nsizes: 5 6 4\nspacings: 0.7 0.8 2.5\nendian: little\nencoding: raw\n\n" + raw)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="xrecon.anatomy.ct_io"):
+        vol = read_ct(tmp_path / "spaced.nrrd")
+    np.testing.assert_allclose(vol.spacing_mm, [0.7, 0.8, 2.5])
+    assert caplog.text == ""
+
+
 def test_labels_must_be_integers_on_the_ct_grid(tmp_path):
     ct = Volume(np.zeros((6, 5, 4), np.float32), _affine(), "ct.nii.gz")
     lab = np.zeros((6, 5, 4), np.uint8)

