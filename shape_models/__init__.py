@@ -1,7 +1,11 @@
 """Statistical shape models: build, load, fit to 3D points and to 2D contours.
 
-A standalone package (it uses only ``xrecon.geometry``, ``xrecon.metrics.shape``
-and ``xrecon.errors`` from xrecon). Modules, one concept each:
+A library that builds on xrecon's core (``xrecon.errors``, ``xrecon.io``,
+``xrecon.geometry``, ``xrecon.metrics``) and on nothing else of xrecon; the
+core never imports it (above it, ``xrecon.methods.recon`` and the CLI use
+it). It installs with xrecon and cannot be used without it;
+``tests/test_layering.py`` holds both directions.
+Modules, one concept each:
 
 * :mod:`shape_models.model`: :class:`ShapeModel` (generalised Procrustes + PCA, save/load).
 * :mod:`shape_models.procrustes`: Umeyama / generalised Procrustes alignment.
@@ -11,6 +15,8 @@ and ``xrecon.errors`` from xrecon). Modules, one concept each:
 * :mod:`shape_models.fit2d`: fit to contours / silhouettes in one or two X-rays.
 * :mod:`shape_models.correspond`: bring meshes into correspondence with a template.
 * :mod:`shape_models.quality`: compactness, generalisation, specificity.
+* :mod:`shape_models.surface`: closest points and occlusion tests on a mesh.
+* :mod:`shape_models.synthetic`: seeded synthetic observations of a known shape.
 
 See docs/shape_models.md.
 """

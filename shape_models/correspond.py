@@ -98,7 +98,7 @@ class CorrespondenceResult:
 
     Attributes:
         vertices: ``(V_template, 3)`` template vertices placed on the target, in the target's frame, mm.
-        template_to_target: ``(4, 4)`` similarity of the first stage.
+        template_to_target: ``(4, 4)`` similarity of the first (similarity) step.
         assd_mm / hd95_mm / max_mm: residual surface distances to the target.
         success / reason: ``False`` with a reason when the residual is far above the kernel scale.
         source: where the target came from (file name or index).

@@ -190,7 +190,7 @@ def _trimmed_mask(dist: np.ndarray, trim_fraction: float, floor_mm: float) -> np
     return keep & (dist <= max(3 * mad, floor_mm))
 
 
-# ---------------------------------------------------------------------------- stage 1
+# ------------------------------------------- global initialisation (similarity alignment)
 def similarity_icp(tree, model_points: np.ndarray, points: np.ndarray, model_to_points: np.ndarray, n_iter: int,
                    trim_fraction: float = 0.2) -> tuple[float, np.ndarray]:
     """Trimmed similarity ICP (data -> nearest model point) from ``model_to_points (4, 4)``.
@@ -276,7 +276,7 @@ def fpfh_align(vertices: np.ndarray, faces: np.ndarray, points: np.ndarray, conf
         yield np.asarray(result.transformation, dtype=np.float64)
 
 
-# ---------------------------------------------------------------------------- stage 2
+# ------------------------------------------------- joint refinement (pose and shape fit)
 def fit_points(model: ShapeModel, points, config: Fit3DConfig = Fit3DConfig(),
                init_model_to_points: np.ndarray | None = None) -> Fit3DResult:
     """Fit ``model`` (pose + shape) to ``points: (N, 3)`` mm in any frame.
