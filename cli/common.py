@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
+from pathlib import Path
 
 import typer
 
@@ -33,3 +35,18 @@ def positive(value):
     if value is not None and not value > 0:
         raise typer.BadParameter(f"must be > 0, got {value}")
     return value
+
+
+def check_output_folder(out: Path) -> None:
+    """Fail at once (before any file is read or anything computed) when the output
+    folder ``out`` is a file or cannot be created or written. Creates nothing."""
+    from xrecon.errors import InputError
+
+    probe = Path(out)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
+        what = "is a file, not a folder" if not probe.is_dir() else "is not writable"
+        if probe != Path(out):
+            what += f" (the output folder {out} would be made in it)"
+        raise InputError(f"output: {what}", probe)

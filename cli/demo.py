@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import check_output_folder, handle_errors
 
 
 @handle_errors
@@ -19,6 +19,7 @@ def demo(
     Writes OUT/chest/* and OUT/pelvis/{reconstruct,register}/* (poses, meshes,
     overlays) and OUT/summary.json; prints the errors against the known truth.
     """
+    check_output_folder(out)
     from xrecon.demo import run_demo
 
     s = run_demo(out, refine=refine)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import check_output_folder, handle_errors
 
 
 @handle_errors
@@ -40,6 +40,7 @@ def evaluate(
     Either PREDICTIONS and GROUND_TRUTH files, or --model and --data. A case
     without a prediction, or with a failed / NaN pose, counts as a failure.
     """
+    check_output_folder(out)
     from xrecon.errors import InputError
     from xrecon.evaluate import evaluate as run_evaluation, evaluate_model, markdown_table
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors, positive
+from xrecon.cli.common import check_output_folder, handle_errors, positive
 
 
 @handle_errors
@@ -26,12 +26,14 @@ def reconstruct(
     and points_cam.ply (points with image coordinates and confidence), OUT/pose.json
     (model_to_cam, shape, confidence) and OUT/overlay.png.
     """
+    check_output_folder(out)
     from xrecon import api
     from xrecon.errors import InputError
-    from xrecon.methods.recon.outputs import write_reconstruction
-    from xrecon.methods.recon.pipeline import ReconConfig
 
     img, cam = api.load_xray(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
+    from xrecon.methods.recon.outputs import write_reconstruction  # heavy: after the input is read
+    from xrecon.methods.recon.pipeline import ReconConfig
+
     rec = api.reconstruct(img, cam, model=model, config=ReconConfig(refine_shape=not no_shape_fit))
     if not rec.success:
         raise InputError(f"no reconstruction: {rec.reason}", image)

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors, positive
+from xrecon.cli.common import check_output_folder, handle_errors, positive
 
 
 @handle_errors
@@ -34,18 +34,20 @@ def register(
     Writes OUT/registration.json (ct_to_cam, and ct_to_cam_refined with --refine),
     OUT/ct_bone_cam.ply and OUT/overlay.png (CT bone outline on the X-ray).
     """
+    check_output_folder(out)
     from xrecon import api
-    from xrecon.methods.recon.outputs import write_registration, write_scr_registration
 
     if api.model_kind(model) == "scr":
         from xrecon.anatomy.ct_io import read_ct
-        from xrecon.methods.scr.predict import register_scr
 
         img, cam = api.load_xray(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
         ct_vol = read_ct(ct)
+        from xrecon.methods.recon.outputs import write_scr_registration  # heavy: after the inputs are read
+        from xrecon.methods.scr.predict import register_scr
+
         bone = api.ct_bone(ct_vol, labels, structures, label_names=label_names)
         res = register_scr(img, cam, model, ct_vol, refine, labels=labels)
-        files = write_scr_registration(out, res, img, cam, bone)
+        files = write_scr_registration(out, res, img, cam, bone, ct_source=str(ct_vol.source))
         typer.echo(f"registration (patient-specific SCR): {'ok' if res.success else res.reason}")
         for f in files:
             typer.echo(f"wrote {f}")
@@ -53,10 +55,15 @@ def register(
 
     result = api.register(image, camera, ct, labels=labels, structures=structures, refine=refine, sdd_mm=sdd,
                           pixel_spacing_mm=pixel_spacing, model=model, label_names=label_names)
+    from xrecon.methods.recon.outputs import write_registration
+
     if not result.success:
         from xrecon.errors import InputError
 
-        raise InputError(f"registration failed: {result.registration.reason}", image)
+        if not result.reconstruction.success:  # nothing read from the X-ray: its problem
+            raise InputError(f"no reconstruction to register the CT to: {result.reconstruction.reason}", image)
+        raise InputError(f"the CT's bone ({result.bone.source}) could not be registered to the bone reconstructed "
+                         f"from {image}: {result.registration.reason}", ct)
     _net, _space, info = api._load_model(None if model is None else str(model))
     files = write_registration(out, result, {"file": str(model or "shipped default"),
                                              "command": info.get("command")})

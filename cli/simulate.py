@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from xrecon.cli.common import handle_errors
+from xrecon.cli.common import check_output_folder, handle_errors
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
@@ -19,20 +19,6 @@ def _parse_shard(text: str) -> tuple[int, int]:
     if not (n >= 1 and 0 <= i < n):
         raise InputError(f"--shard {text}: needs 0 <= i < n")
     return i, n
-
-
-def _check_output_parent(out: Path) -> None:
-    """Fail early (before reading any CT) when ``out`` cannot be created or written."""
-    from xrecon.errors import InputError
-
-    probe = out
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
-        what = "is not a folder" if not probe.is_dir() else "is not writable"
-        raise InputError(f"output folder {what}", probe)
 
 
 @handle_errors
@@ -76,7 +62,7 @@ def simulate(
     from xrecon.sim.poses import get_sampler
 
     split = _parse_shard(shard)
-    _check_output_parent(out)
+    check_output_folder(out)
     if spacing_mm < 0:
         raise InputError(f"--spacing-mm must be >= 0, got {spacing_mm}")
     if ct is None and labels is not None:

