@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 from xrecon.errors import InputError
-from xrecon.geometry import Camera
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,11 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
     """
     from xrecon.anatomy.xray_io import read_xray
 
-    cam = camera if isinstance(camera, Camera) else None
+    cam = None
+    if camera is not None and not isinstance(camera, (str, Path)):  # torch only now: a bad file is refused without it
+        from xrecon.geometry import Camera
+
+        cam = camera if isinstance(camera, Camera) else None
     source = str(image) if isinstance(image, (str, Path)) else None
     if source is not None:
         if cam is not None:  # the caller's camera wins (scaled with the image when a large file is shrunk)
@@ -57,6 +60,8 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
         else:
             img, cam = read_xray(image, sidecar=camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     else:
+        from xrecon.geometry import Camera
+
         if camera is not None and cam is None:
             cam = Camera.load(camera)
         img = np.asarray(image, np.float32)
@@ -125,6 +130,7 @@ class Registration:
         bone: the CT's bone surface used (:class:`~xrecon.anatomy.bone.BoneModel`, CT frame).
         camera: the X-ray's camera; image: the X-ray.
         refine_info: refinement diagnostics (similarity before / after, iterations).
+        ct_source: the CT the pose is of (its file, or the Volume's ``source``).
     """
 
     ct_to_cam: np.ndarray
@@ -135,6 +141,7 @@ class Registration:
     camera: Camera
     image: np.ndarray
     refine_info: dict = field(default_factory=dict)
+    ct_source: str = ""
 
     @property
     def success(self) -> bool:
@@ -189,17 +196,18 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
     """
     from xrecon.anatomy.ct_io import read_ct
     from xrecon.anatomy.volume import Volume
-    from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points
 
-    cfg = config or ReconConfig()
     img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
+    from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points  # inputs read first
+
+    cfg = config or ReconConfig()
     bone = ct_bone(ct_vol, labels, structures, threshold_hu=threshold_hu, label_names=label_names)
     net, space, _info = _load_model(None if model is None else str(model))
     rec = reconstruct_image(net, space, img, cam, cfg)
     pts, nrm = bone.sample_points(30000, seed=cfg.seed)
     reg = register_ct_points(rec, pts, nrm, cfg, ct_mesh=(bone.vertices, bone.faces))
-    out = Registration(reg.ct_to_cam, None, rec, reg, bone, cam[0], img)
+    out = Registration(reg.ct_to_cam, None, rec, reg, bone, cam[0], img, ct_source=str(ct_vol.source))
     if refine and reg.success:
         out.ct_to_cam_refined, out.refine_info = refine_pose(img, cam[0], ct_vol, reg.ct_to_cam,
                                                              config=refine_config or recon_refine_config())
