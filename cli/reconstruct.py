@@ -11,7 +11,7 @@ from xrecon.cli.common import check_output_folder, handle_errors, positive
 
 @handle_errors
 def reconstruct(
-    image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM / NumPy), bone bright or dark."),
+    image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM), bone bright or dark."),
     camera: Optional[Path] = typer.Option(None, "--camera", help="Camera JSON (intrinsics; default: the image's "
                                                                   "sidecar <image>.json)."),
     sdd: Optional[float] = typer.Option(None, "--sdd", callback=positive, help="Source-to-detector distance (mm), without --camera."),

@@ -11,7 +11,7 @@ from xrecon.cli.common import check_output_folder, handle_errors, positive
 
 @handle_errors
 def register(
-    image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM / NumPy)."),
+    image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM)."),
     ct: Path = typer.Option(..., "--ct", help="CT volume (NIfTI / NRRD / MHA / DICOM folder), any frame."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the CT grid (default: bone by "
                                                                   "HU threshold)."),

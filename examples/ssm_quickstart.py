@@ -1,15 +1,15 @@
 """Shape models in one minute: load the bundled pelvis, fit it to a partial 3D scan and to
 two X-ray silhouettes of a subject it was not built from, and save the results.
 
-    python examples/ssm_quickstart.py [--out ssm_example]
+    python examples/ssm_quickstart.py [--out out/ssm_example]
 
 Everything is simulated from the bundled data (no download). The same fits from the
 command line::
 
     xrecon ssm info pelvis
-    xrecon ssm fit pelvis ssm_example/scan.npy --out ssm_example/fit3d
-    xrecon ssm fit pelvis ssm_example/ap.png ssm_example/lat.png \
-        --camera ssm_example/ap.json --camera ssm_example/lat.json --out ssm_example/fit2d
+    xrecon ssm fit pelvis out/ssm_example/scan.npy --out out/ssm_example/fit3d
+    xrecon ssm fit pelvis out/ssm_example/ap.png out/ssm_example/lat.png \
+        --camera out/ssm_example/ap.json --camera out/ssm_example/lat.json --out out/ssm_example/fit2d
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from xrecon.metrics.shape import assd  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("ssm_example"))
+    ap.add_argument("--out", type=Path, default=Path("out/ssm_example"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
