@@ -177,7 +177,7 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     fewer gross errors (the test split ranked the two a tie; docs/reconstruction.md).
     On small silhouettes (a few hundred pixels) the simplex can stall, which the
     polish mends. ``max_evaluations`` bounds the silhouettes rendered, the start's
-    included, over all runs together (``"powell"``: session 24's budget, the start not counted).
+    included, over all runs together (``"powell"``: the bounded Powell search's own budget, the start not counted).
 
     The objective is piecewise constant (whole pixels enter and leave the
     silhouette), so the search path depends on the start's last digits: the
@@ -240,7 +240,7 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
         return res.x, -float(res.fun)
 
     if method == "powell":
-        x_best, best = powell(x0, max_evaluations)  # session 24's budget (its start not counted)
+        x_best, best = powell(x0, max_evaluations)  # the bounded Powell search's budget (its start not counted)
     else:
         hi = np.array(bounds)[:, 1]
         step = np.array([1.0, 1.0, 1.0, 3.0, 3.0, max_shift_mm / 3.0])  # depth: a third of its bound

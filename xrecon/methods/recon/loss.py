@@ -40,10 +40,10 @@ Terms (each a mean over the batch; coordinates in the network's normalised units
   This is the part of the coordinate error that PnP turns into depth: points
   spread 1 % too little over the image put the bone 1 % (about 8 mm) too close
   to the source, however small each pixel's error. The per-pixel term treats
-  pixels as independent and does not single it out (in a throw-away check on
-  32 validation cases, session 7, the scale error of the stage-4 CPU model's
-  predictions, 1.0 % median, correlated with the relative depth error of the
-  CT registration at r = 0.67, slope 0.97). Fine-tuning with it did not improve
+  pixels as independent and does not single it out (in a check on 32
+  validation cases, the scale error of an earlier CPU model's predictions,
+  1.0 % median, correlated with the relative depth error of the CT
+  registration at r = 0.67, slope 0.97). Fine-tuning with it did not improve
   the registrations on the CPU model (docs/reconstruction.md). Needs ``cam_rotation (B, 3, 3)`` in the batch; cases with fewer
   than ``MIN_LAYOUT_POINTS`` points do not count.
 

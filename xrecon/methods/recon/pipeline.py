@@ -88,8 +88,8 @@ class ReconConfig:
             (:func:`~xrecon.solve.silhouette.silhouette_pose`); ``"off"``: neither.
         silhouette_max_depth_change: the search range along the optical axis
             (relative distance change).
-        silhouette_search: the ``"pose"`` step's search, ``"nelder-mead"`` (since
-            session 25) or ``"powell"`` (session 24's), the ``method`` of
+        silhouette_search: the ``"pose"`` step's search, ``"nelder-mead"`` (the
+            default) or ``"powell"`` (the bounded Powell search), the ``method`` of
             :func:`~xrecon.solve.silhouette.silhouette_pose`.
         seed: seeds RANSAC and subsets.
     """
