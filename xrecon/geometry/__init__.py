@@ -18,7 +18,24 @@ THE CONVENTION (everything in xrecon follows it; docstrings link here)
 * Intrinsics ``K = [[sdd/dx, 0, cx], [0, sdd/dy, cy], [0, 0, 1]]`` with dx, dy the
   detector pixel spacing in mm: exactly what ``cv2.solvePnP`` and poselib expect.
 """
-from xrecon.geometry.camera import Camera, intrinsics_from_detector
-from xrecon.geometry import se3
+import importlib
 
 __all__ = ["Camera", "intrinsics_from_detector", "se3"]
+
+# Loaded on first use (PEP 562), so that importing a light module of this
+# package (or ``xrecon.api``) does not import torch.
+_LAZY = {"Camera": "xrecon.geometry.camera", "intrinsics_from_detector": "xrecon.geometry.camera",
+         "se3": "xrecon.geometry.se3"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = importlib.import_module(_LAZY[name])
+    value = module if module.__name__.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import roma
 import torch
 
 from xrecon.errors import InputError
@@ -139,9 +138,9 @@ def carm_pose(
         raise InputError(f"carm_pose: batch sizes {[len(iso)] + [len(p) for p in params]} do not broadcast") from None
     lao, cran, roll = torch.deg2rad(lao), torch.deg2rad(cran), torch.deg2rad(roll)
     zero = torch.zeros(B, dtype=torch.float64)
-    orbit = roma.rotvec_to_rotmat(torch.stack([zero, zero, lao], -1))  # about world z (superior)
-    tilt = roma.rotvec_to_rotmat(torch.stack([cran, zero, zero], -1))  # about world x (lateral)
-    spin = roma.rotvec_to_rotmat(torch.stack([zero, zero, roll], -1))  # about the beam
+    orbit = se3.rotvec_to_rotmat(torch.stack([zero, zero, lao], -1))  # about world z (superior)
+    tilt = se3.rotvec_to_rotmat(torch.stack([cran, zero, zero], -1))  # about world x (lateral)
+    spin = se3.rotvec_to_rotmat(torch.stack([zero, zero, roll], -1))  # about the beam
     # camera axes in the world: rotate the AP view's axes by the orbit, then the tilt
     R = spin @ R_AP @ tilt.transpose(-1, -2) @ orbit.transpose(-1, -2)
     beam_world = R[:, 2, :]  # camera +z in world = source -> detector

@@ -9,7 +9,7 @@ per CT and camera, and :meth:`IntensityRefiner.refine` optimises one case:
   around the start pose, rotating about the CT centre ``c`` (in the start
   camera frame) rather than about the X-ray source, which decouples rotation
   and translation: ``x_cam' = R(omega) (x_cam - c) + c + tau``
-  (:class:`PoseIncrement`; rotations by roma).
+  (:class:`PoseIncrement`; rotations by :func:`xrecon.geometry.se3.rotvec_to_rotmat`).
 * **Coarse to fine.** Each :class:`RefineLevel` sets the image size (the X-ray
   is box-downsampled, the camera :meth:`~xrecon.geometry.Camera.resized`), the
   CT voxel size, the Adam step sizes and an iteration cap. Each level starts
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from xrecon.errors import InputError, ShapeError
+from xrecon.geometry.se3 import rotvec_to_rotmat
 from xrecon.solve.similarity import image_similarity
 
 log = logging.getLogger(__name__)
@@ -133,9 +134,7 @@ class PoseIncrement(torch.nn.Module):
 
     def forward(self) -> torch.Tensor:
         """The current pose ``(1, 4, 4)`` (differentiable in the parameters)."""
-        import roma
-
-        R = roma.rotvec_to_rotmat(self.rotation)
+        R = rotvec_to_rotmat(self.rotation)
         c = self.centre_cam
         delta = torch.eye(4, dtype=torch.float64)
         delta = torch.cat([torch.cat([R, (c - R @ c + self.translation)[:, None]], 1), delta[3:]], 0)

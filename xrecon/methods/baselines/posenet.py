@@ -7,9 +7,9 @@ feature extractor is the encoder of the same small U-Net family as SCR
 trained from scratch with the same data, augmentation and epochs.
 
 Output parameterisation (``(B, 9)``): a 6D rotation (two columns,
-Gram-Schmidt, via roma) composed with a reference rotation, and a translation
-around a reference, both fixed from the training poses so that an untrained
-network starts at the mean pose::
+Gram-Schmidt, :func:`xrecon.geometry.se3.special_gramschmidt`) composed with a
+reference rotation, and a translation around a reference, both fixed from the
+training poses so that an untrained network starts at the mean pose::
 
     R = GS(a1, a2) @ R_ref,     t = t_ref + t_scale_mm * b
 
@@ -21,7 +21,6 @@ rotation and translation. Poses follow ../shared/CONVENTIONS.md.
 from __future__ import annotations
 
 import numpy as np
-import roma
 import torch
 from torch import nn
 
@@ -80,7 +79,7 @@ class PoseNet(nn.Module):
             raise ShapeError("image", "(B, 1, H, W)", tuple(image.shape))
         out = self.head(self.features(standardize_image(image)))
         cols = torch.stack([out[:, 0:3], out[:, 3:6]], dim=-1)  # (B, 3, 2)
-        R = roma.special_gramschmidt(cols, epsilon=1e-6) @ self.ref_world_to_cam[:3, :3]
+        R = se3.special_gramschmidt(cols, epsilon=1e-6) @ self.ref_world_to_cam[:3, :3]
         t = self.ref_world_to_cam[:3, 3] + self.t_scale_mm * out[:, 6:9]
         return se3.make(R, t)
 
@@ -102,7 +101,7 @@ def reference_pose(world_to_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     poses = np.asarray(world_to_cam, dtype=np.float64)
     if poses.ndim != 3 or poses.shape[1:] != (4, 4) or len(poses) == 0:
         raise InputError(f"reference_pose needs (B, 4, 4) poses, got {poses.shape}")
-    R_mean = roma.special_procrustes(torch.as_tensor(poses[:, :3, :3].mean(0))).numpy()
+    R_mean = se3.special_procrustes(torch.as_tensor(poses[:, :3, :3].mean(0))).numpy()
     ref = np.eye(4)
     ref[:3, :3] = R_mean
     ref[:3, 3] = poses[:, :3, 3].mean(0)
