@@ -58,12 +58,6 @@ import numpy as np
 
 from xrecon.errors import InputError
 from xrecon.metrics.aggregate import ErrorSummary, summarize_groups
-from xrecon.metrics.registration import (
-    mtre_mm,
-    projected_mtre_mm,
-    rotation_error_deg,
-    translation_error_mm,
-)
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +151,6 @@ def _add_prediction(out: dict, case: "PredictedCase", path: Path) -> None:
 
 def load_ground_truth(path: str | Path) -> list[GroundTruthCase]:
     """Read a ground-truth JSON (format in the module doc)."""
-    from xrecon.geometry import Camera
-
     path = Path(path)
     d = _read_json(path)
     if not isinstance(d, dict) or not isinstance(d.get("cases"), list) or not d["cases"]:
@@ -182,6 +174,8 @@ def load_ground_truth(path: str | Path) -> list[GroundTruthCase]:
         cam_d = c.get("camera", default_camera)
         K, spacing = None, None
         if cam_d is not None:
+            from xrecon.geometry import Camera  # torch: only once the file has been read
+
             cam = Camera.from_dict(cam_d, path)
             K, spacing = cam.K[0].numpy(), cam.pixel_spacing_mm
         out.append(GroundTruthCase(case_id, str(c.get("specimen", "all")),
@@ -229,6 +223,8 @@ def load_predictions(path: str | Path) -> dict[str, PredictedCase]:
 # ------------------------------------------------------------------------------ scoring
 def evaluate_cases(predictions: dict[str, PredictedCase], ground_truth: list[GroundTruthCase]) -> EvaluationTable:
     """Per-case errors of ``predictions`` against ``ground_truth`` and their summaries."""
+    from xrecon.metrics.registration import mtre_mm, projected_mtre_mm, rotation_error_deg, translation_error_mm
+
     rows = []
     for gt in ground_truth:
         pred = predictions.get(gt.case_id)
