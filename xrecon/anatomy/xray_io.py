@@ -36,7 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from xrecon.errors import InputError
-from xrecon.geometry.camera import Camera
+
+# xrecon.geometry.camera (and with it torch) is imported where a camera is built, so
+# that an unreadable image is refused without loading torch.
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,8 @@ def read_xray(
     path = Path(path)
     raw, tags = _read_pixels(path)
     H, W = raw.shape
+    from xrecon.geometry.camera import Camera
+
     geo = _geometry(path, sidecar, tags, sdd_mm, pixel_spacing_mm)
     if geo.get("K") is not None:
         K = np.asarray(geo["K"], dtype=np.float64)
@@ -334,6 +338,8 @@ def _border(crop, path: Path) -> tuple[int, int, int, int]:
 def _mirrored(camera: Camera, axis: int) -> Camera:
     """Camera of the image mirrored along u (axis 0) or v (axis 1): the principal
     point moves to ``size - 1 - c``; focal lengths stay positive."""
+    from xrecon.geometry.camera import Camera
+
     K = camera.K.clone()
     extent = camera.width if axis == 0 else camera.height
     K[:, axis, 2] = extent - 1 - K[:, axis, 2]
