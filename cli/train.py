@@ -34,7 +34,7 @@ def recon(
     image_size: int = typer.Option(128, min=16, help="Detector pixels (square)."),
     epochs: int = typer.Option(20, min=1, help="Passes over the training set."),
     batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(2e-3, callback=positive, help="Peak learning rate (AdamW, warm-up + cosine)."),
+    lr: float = typer.Option(2e-3, min=0, help="Peak learning rate (AdamW, warm-up + cosine)."),
     base_channels: int = typer.Option(16, min=1, help="U-Net width (CPU 16; GPU 32-64)."),
     levels: int = typer.Option(4, min=1, help="U-Net levels (CPU 4; 256-512 px: 5)."),
     fine_channels: Optional[int] = typer.Option(None, min=0, help="Width of the full-resolution branch (0 = none; default: "

@@ -29,7 +29,7 @@ def scr(
                                   help="Structures whose centroids the landmark baseline detects."),
     epochs: int = typer.Option(12, min=1, help="Passes over the training set."),
     batch_size: int = typer.Option(16, min=1, help="Images per step (per process under torchrun)."),
-    lr: float = typer.Option(1e-3, callback=positive, help="Peak learning rate (AdamW, cosine). Seed 002: 1e-4 constant."),
+    lr: float = typer.Option(1e-3, min=0, help="Peak learning rate (AdamW, cosine). Seed 002: 1e-4 constant."),
     schedule: str = typer.Option("cosine", help="cosine | constant."),
     base_channels: int = typer.Option(16, min=1, help="U-Net width (CPU 16; GPU 32-64)."),
     levels: int = typer.Option(4, min=1, help="U-Net levels (CPU 4; 512 px: 5)."),

@@ -115,7 +115,7 @@ def test_loading_something_else_fails_clearly(tmp_path):
     torch.save({"weights": 1}, bad)
     with pytest.raises(InputError, match="not a patient-specific SCR model"):
         load_scr_model(bad)
-    with pytest.raises(InputError, match="not found"):
+    with pytest.raises(InputError, match="no such model file"):
         load_scr_model(tmp_path / "missing.pt")
     (tmp_path / "t.pt").write_bytes(b"\x00" * 10)
     with pytest.raises(InputError, match="cannot read"):
