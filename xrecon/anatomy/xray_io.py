@@ -20,12 +20,31 @@ Geometry, first found wins for each of ``sdd_mm`` and ``pixel_spacing_mm``:
 3. DICOM tags: DistanceSourceToDetector (0018,1110) and ImagerPixelSpacing
    (0018,1164), else PixelSpacing (0028,0030) (both stored as row, column).
 
+   A single-valued spacing tag (the standard requires two, row and column) is
+   refused, naming the tag, unless the spacing comes from 1. or 2.
+
+Every geometry file (``--camera`` file or sidecar) is checked field by field
+against the one camera JSON schema
+(:func:`xrecon.geometry.camera.parse_camera_json`); errors name that file and
+the field, not the image.
+
 Preprocessing, in this order (each optional): ``crop_border_px`` on the image
-as stored (collimator border) -> flips -> ``log_transform`` (raw intensities to
-line integrals, ``-log(I / I_max)``, so bone becomes bright) -> ``invert`` ->
-min-max scaling to [0, 1] -> resize to ``size``. The camera follows every
-geometric step (crop shifts the principal point, a flip mirrors it, a resize
-scales K: :meth:`Camera.cropped` / :meth:`Camera.resized`).
+as stored (collimator border) -> flips -> area-average down to the working size
+(longest side at most ``max_side``, :data:`MAX_WORKING_SIDE` by default; images
+already within it are untouched) -> DICOM rescale slope / intercept and
+``MONOCHROME1`` inversion -> ``log_transform`` (raw intensities to line
+integrals, ``-log(I / I_max)``, so bone becomes bright) -> ``invert`` -> min-max
+scaling to [0, 1] -> resize to ``size``. The camera follows every geometric
+step (crop shifts the principal point, a flip mirrors it, a resize scales K:
+:meth:`Camera.cropped` / :meth:`Camera.resized`), so every pixel coordinate a
+caller gets back is on the returned image's grid. Averaging raw intensities
+before the log is what a detector with larger pixels would have measured.
+
+Size limits: a file whose header declares more than :data:`MAX_PIXELS` pixels
+is refused before its pixels are decoded; larger files are decoded once (in
+their own integer type) and shrunk in strips, so memory stays near the size of
+the decoded file (a 10000 x 10000 16-bit PNG: 200 MB decoded, well under 1 GB
+in all; ``benchmarks/bench_large_image.py``).
 """
 from __future__ import annotations
 
@@ -41,6 +60,22 @@ from xrecon.errors import InputError
 # that an unreadable image is refused without loading torch.
 
 log = logging.getLogger(__name__)
+
+#: Largest image decoded, in pixels (height x width): 16384 x 16384 = 268 M.
+#: The largest flat-panel detectors are about 4300 x 4300 and film scans about
+#: 10000 x 12000; a 16-bit image at the cap decodes to 512 MB. Files declaring
+#: more are refused from their header, before decoding; PIL's own
+#: decompression-bomb limit is set to this value while reading.
+MAX_PIXELS = 16384 * 16384
+
+#: Longest side (pixels) of the image :func:`read_xray` returns by default.
+#: Larger images are area-averaged down to it right after reading (camera scaled
+#: to match). The networks work at 128-256 px and the intensity refinement at
+#: most at a few hundred, so nothing downstream needs more.
+MAX_WORKING_SIDE = 2048
+
+#: Rows of the image converted to float64 at a time while shrinking a large image.
+_STRIP_ROWS = 512
 
 PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -59,6 +94,8 @@ def read_xray(
     flip_vertical: bool = False,
     invert: bool = False,
     size: int | tuple[int, int] | None = None,
+    max_side: int | None = MAX_WORKING_SIDE,
+    camera: Camera | None = None,
 ) -> tuple[np.ndarray, Camera]:
     """Read an X-ray and its camera.
 
@@ -76,34 +113,31 @@ def read_xray(
         invert: negate the intensities (for an image stored with bone dark that
             needs no log transform).
         size: output ``(H, W)`` or one int for a square image (K scaled to match).
+        max_side: longest side of the working image: a larger image (after the
+            crop) is area-averaged down to it and its camera scaled to match;
+            ``None`` keeps the full resolution (memory grows with the file).
+        camera: the :class:`Camera` of the image as stored; when given it is
+            used instead of every other geometry source (its size must match).
 
     Returns:
         ``image``: float32 ``(H, W)`` in [0, 1], bone bright; ``camera``: its
         :class:`Camera` (batch of one).
 
     Raises:
-        InputError: unreadable file, colour image, missing geometry, a crop
-            larger than the image, NaN pixels, a constant image.
+        InputError: unreadable file, colour image, an image over
+            :data:`MAX_PIXELS`, missing or malformed geometry (naming the JSON
+            file or DICOM tag it came from), a crop larger than the image, NaN
+            pixels, a constant image.
     """
     path = Path(path)
     raw, tags = _read_pixels(path)
     H, W = raw.shape
-    from xrecon.geometry.camera import Camera
-
-    geo = _geometry(path, sidecar, tags, sdd_mm, pixel_spacing_mm)
-    if geo.get("K") is not None:
-        K = np.asarray(geo["K"], dtype=np.float64)
-        if K.shape != (3, 3):
-            raise InputError(f"sidecar K must be 3x3, got shape {K.shape}", geo["_source"])
-        h_w = geo.get("height"), geo.get("width")
-        if h_w != (None, None) and tuple(int(x) for x in h_w) != (H, W):
-            raise InputError(f"sidecar describes a {h_w[0]}x{h_w[1]} image but the file is {H}x{W}", geo["_source"])
-        camera = Camera(K, np.eye(4), H, W, geo["pixel_spacing_mm"])
+    if camera is not None:
+        if (camera.height, camera.width) != (H, W):
+            raise InputError(f"the camera given describes a {camera.height}x{camera.width} image but the file is "
+                             f"{H}x{W}", path)
     else:
-        camera = Camera.from_detector(geo["sdd_mm"], geo["pixel_spacing_mm"], H, W,
-                                      principal_offset_mm=tuple(geo.get("principal_offset_mm", (0.0, 0.0))))
-    if geo.get("world_to_cam") is not None:
-        camera = camera.with_pose(np.asarray(geo["world_to_cam"], dtype=np.float64))
+        camera = _camera(_geometry(path, sidecar, tags, sdd_mm, pixel_spacing_mm), H, W)
 
     top, bottom, left, right = _border(crop_border_px, path)
     if top + bottom >= H or left + right >= W:
@@ -117,7 +151,25 @@ def read_xray(
         img = img[::-1, :]
         camera = _mirrored(camera, axis=1)
 
+    out_hw = None if size is None else ((int(size), int(size)) if np.isscalar(size) else (int(size[0]), int(size[1])))
+    if max_side is not None:
+        from xrecon.geometry.camera import size_within
+
+        limit = max([int(max_side), *(out_hw or ())])  # never below the size asked for
+        h, w = size_within(img.shape[0], img.shape[1], limit)
+        if (h, w) != img.shape:
+            log.warning("%s: %dx%d image area-averaged to %dx%d (longest side %d px, read_xray max_side); "
+                        "pixel coordinates refer to the smaller grid", path, img.shape[0], img.shape[1], h, w,
+                        limit)
+            img = _area_downsample(img, h, w)
+            camera = camera.resized(h, w)
+
     img = img.astype(np.float64)
+    if "rescale" in tags:  # DICOM modality LUT, applied after the shrink (it is affine)
+        slope, intercept, mono1_peak = tags["rescale"]
+        img = img * slope + intercept
+        if mono1_peak is not None:
+            img = mono1_peak - img  # MONOCHROME1: low values display bright
     if log_transform:
         peak = img.max()
         if peak <= 0:
@@ -130,8 +182,8 @@ def read_xray(
         raise InputError("image is constant after preprocessing (nothing to see)", path)
     img = (img - lo) / (hi - lo)
 
-    if size is not None:
-        out_h, out_w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+    if out_hw is not None:
+        out_h, out_w = out_hw
         img = _resize(img, out_h, out_w)
         camera = camera.resized(out_h, out_w)
     return np.ascontiguousarray(img, dtype=np.float32), camera
@@ -184,8 +236,11 @@ def sidecar_candidates(path: str | Path) -> list[Path]:
 
 # ---------------------------------------------------------------------- pixels
 def _read_pixels(path: Path) -> tuple[np.ndarray, dict]:
-    """Pixel values ``(H, W)`` (finite, bone bright unless the file holds raw
-    intensities) and geometry found in the file's own tags."""
+    """Pixel values ``(H, W)`` as stored (finite; any dtype) and what the file's
+    own tags say: ``sdd_mm``, ``pixel_spacing_mm``, a ``_tag_problems`` dict
+    (geometry key -> message about a malformed tag, raised only when that tag
+    is needed) and, for DICOM, ``rescale`` = ``(slope, intercept, peak)`` with
+    ``peak`` the largest rescaled value for ``MONOCHROME1`` (else ``None``)."""
     if not path.is_file():
         raise InputError("no such image file", path)
     suffix = path.suffix.lower()
@@ -206,17 +261,43 @@ def _read_pixels(path: Path) -> tuple[np.ndarray, dict]:
     return arr, tags
 
 
+def _check_pixel_count(height: int, width: int, path: Path) -> None:
+    """Refuse an image declaring more than :data:`MAX_PIXELS` pixels (before decoding it)."""
+    if int(height) * int(width) > MAX_PIXELS:
+        raise InputError(
+            f"image is {int(height)} x {int(width)} = {int(height) * int(width) / 1e6:.0f} M pixels, over the "
+            f"limit of {MAX_PIXELS / 1e6:.0f} M (xrecon.anatomy.xray_io.MAX_PIXELS); downsample it first "
+            "(a few thousand pixels a side is plenty: images are read at most "
+            f"{MAX_WORKING_SIDE} px a side)",
+            path,
+        )
+
+
 def _read_pil(path: Path) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
+    old_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "P":
-                im = im.convert("RGBA")
-            arr = np.asarray(im)
+        # PIL checks the size in the header when opening: make its limit ours
+        # and its warning an error, so an oversized file is never decoded.
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixel_count(im.height, im.width, path)
+                im.load()
+                if im.mode == "P":
+                    im = im.convert("RGBA")
+                arr = np.asarray(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InputError(f"image is over the pixel limit of {MAX_PIXELS / 1e6:.0f} M "
+                         f"(xrecon.anatomy.xray_io.MAX_PIXELS; PIL: {exc})", path) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(f"cannot read image ({exc}); the file may be truncated or not an image", path) from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = old_limit
     return arr
 
 
@@ -227,7 +308,12 @@ def _read_tiff(path: Path) -> np.ndarray:
         with tifffile.TiffFile(path) as tif:
             if len(tif.pages) > 1:
                 raise InputError(f"TIFF holds {len(tif.pages)} pages; expected one image", path)
-            arr = tif.pages[0].asarray()
+            page = tif.pages[0]
+            shape = tuple(page.shape)
+            if len(shape) >= 2:
+                rows, cols = shape[-3:-1] if len(shape) >= 3 and shape[-1] in (3, 4) else shape[-2:]
+                _check_pixel_count(rows, cols, path)
+            arr = page.asarray()
     except InputError:
         raise
     except Exception as exc:  # tifffile raises many types on corrupt files
@@ -245,30 +331,82 @@ def _looks_like_dicom(path: Path) -> bool:
 
 
 def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
+    """Stored pixel values (the rescale is applied later, after any shrink, by
+    :func:`read_xray`) and the geometry tags."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        ds = pydicom.dcmread(str(path))
-        arr = ds.pixel_array
+        ds = pydicom.dcmread(str(path), defer_size="1 MB")  # pixel data read only when decoded
     except InvalidDicomError as exc:
         raise InputError(f"not a DICOM file ({exc})", path) from exc
-    except Exception as exc:  # missing pixel data / unsupported compression / truncation
-        raise InputError(f"cannot read DICOM pixels ({type(exc).__name__}: {exc})", path) from exc
+    except Exception as exc:  # truncated / malformed header
+        raise InputError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path) from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise InputError(f"DICOM holds {frames} frames; expected one X-ray image", path)
-    arr = arr.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(getattr(ds, "RescaleIntercept", 0) or 0)
+    rows, cols = getattr(ds, "Rows", None), getattr(ds, "Columns", None)
+    if rows is not None and cols is not None:
+        _check_pixel_count(rows, cols, path)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # missing pixel data / unsupported compression / truncation
+        raise InputError(f"cannot read DICOM pixels ({type(exc).__name__}: {exc})", path) from exc
+    try:
+        slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+        intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"DICOM RescaleSlope / RescaleIntercept are not numbers ({exc})", path) from exc
+    peak = None
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
-        arr = arr.max() - arr  # MONOCHROME1: low values display bright
-    tags: dict = {}
+        # the largest rescaled value of the whole stored image (x * slope + intercept is monotonic)
+        peak = float((np.array([arr.min(), arr.max()], np.float64) * slope + intercept).max())
+    tags: dict = {"rescale": (slope, intercept, peak), "_tag_problems": {}}
     if "DistanceSourceToDetector" in ds:
-        tags["sdd_mm"] = float(ds.DistanceSourceToDetector)
-    spacing = ds.get("ImagerPixelSpacing") or ds.get("PixelSpacing")
-    if spacing is not None:
-        row_mm, col_mm = (float(s) for s in spacing)
-        tags["pixel_spacing_mm"] = (col_mm, row_mm)
+        try:
+            sdd = float(ds.DistanceSourceToDetector)
+        except (TypeError, ValueError):
+            sdd = float("nan")
+        if np.isfinite(sdd) and sdd > 0:
+            tags["sdd_mm"] = sdd
+        else:
+            tags["_tag_problems"]["sdd_mm"] = (f"DICOM tag DistanceSourceToDetector (0018,1110) is "
+                                               f"{ds.DistanceSourceToDetector!r}, not a positive distance in mm")
+    for keyword, tag in (("ImagerPixelSpacing", "(0018,1164)"), ("PixelSpacing", "(0028,0030)")):
+        if keyword not in ds or ds[keyword].value in (None, ""):
+            continue
+        spacing, problem = _dicom_spacing(ds[keyword].value)
+        if spacing is not None:
+            tags["pixel_spacing_mm"] = spacing
+        else:
+            tags["_tag_problems"]["pixel_spacing_mm"] = f"DICOM tag {keyword} {tag} {problem}"
+        break  # ImagerPixelSpacing, when present, is the detector's; PixelSpacing only as a fallback
     return arr, tags
+
+
+def _dicom_spacing(value) -> tuple[tuple[float, float] | None, str]:
+    """``(dx, dy)`` (columns, rows) from a DICOM spacing value stored as
+    ``[row, column]``, or ``None`` and what is wrong with it.
+
+    A single value is refused rather than taken as isotropic: the standard
+    requires two (VM 2), so a file holding one was written by a tool that does
+    not follow it, and nothing says whether the value is the row or the column
+    spacing. Detector pixels are nearly always square, but a wrong guess would
+    silently scale one image axis; ``--pixel-spacing`` / a sidecar overrides it.
+    """
+    single = isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")  # pydicom: a DSfloat, not a MultiValue
+    values = [value] if single else list(value)
+    try:
+        nums = [float(v) for v in values]
+    except (TypeError, ValueError):
+        return None, f"holds {value!r}, not numbers"
+    if len(nums) != 2:
+        return None, (f"holds {len(nums)} value(s) {nums} but the DICOM standard requires two (row, column "
+                      "spacing, mm)")
+    row_mm, col_mm = nums
+    if not (np.isfinite(nums).all() and row_mm > 0 and col_mm > 0):
+        return None, f"holds {nums}, not two positive spacings in mm"
+    return (col_mm, row_mm), ""
 
 
 def _grey_from_colour(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -289,43 +427,92 @@ def _grey_from_colour(arr: np.ndarray, path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------------- geometry
 def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict:
-    side: dict = {}
-    side_path = Path(sidecar) if sidecar is not None else next((p for p in sidecar_candidates(path) if p.is_file()), None)
-    if side_path is not None:
-        try:
-            side = json.loads(side_path.read_text())
-        except OSError as exc:
-            raise InputError(f"cannot read geometry sidecar ({exc.strerror or exc})", side_path) from exc
-        except json.JSONDecodeError as exc:
-            raise InputError(f"geometry sidecar is not valid JSON ({exc.msg}, line {exc.lineno})", side_path) from exc
-        if not isinstance(side, dict):
-            raise InputError("geometry sidecar must be a JSON object", side_path)
-    geo = {"_source": side_path or path}
-    for key, arg in (("sdd_mm", sdd_mm), ("pixel_spacing_mm", pixel_spacing_mm)):
-        geo[key] = arg if arg is not None else side.get(key, tags.get(key))
+    """The image's geometry; per field, the first found of: the arguments, the
+    camera JSON (``sidecar`` or the image's own ``<image>.json``, checked by
+    :func:`parse_camera_json`), the DICOM tags.
+
+    Returns ``sdd_mm``, ``pixel_spacing_mm`` and the JSON's ``K``,
+    ``principal_offset_mm``, ``world_to_cam``, ``height``, ``width`` (``None``
+    where absent), and ``_source``: the file later geometry errors name (the
+    JSON when there is one). A missing value is reported against the JSON it
+    should have been in, a malformed DICOM tag against the image.
+    """
+    from xrecon.geometry.camera import parse_camera_json, read_camera_json
+
+    explicit = sidecar is not None
+    side_path = Path(sidecar) if explicit else next((p for p in sidecar_candidates(path) if p.is_file()), None)
+    side = parse_camera_json(read_camera_json(side_path), side_path) if side_path is not None else {}
+    args = {"sdd_mm": _positive("sdd_mm", sdd_mm), "pixel_spacing_mm": _spacing_argument(pixel_spacing_mm)}
+    geo: dict = {"_source": side_path or path}
     for key in ("K", "principal_offset_mm", "world_to_cam", "height", "width"):
-        if key in side:
-            geo[key] = side[key]
-    if sdd_mm is not None or pixel_spacing_mm is not None:
-        geo.pop("K", None)  # explicit arguments win over a sidecar's intrinsics
-    if geo["pixel_spacing_mm"] is None or (geo["sdd_mm"] is None and geo.get("K") is None):
-        missing = [k for k in ("sdd_mm", "pixel_spacing_mm") if geo[k] is None]
+        geo[key] = side.get(key)
+    if args["sdd_mm"] is not None or args["pixel_spacing_mm"] is not None:
+        geo["K"] = None  # explicit arguments win over a sidecar's intrinsics
+    problems = tags.get("_tag_problems", {})
+    missing, bad_tags = [], []
+    for key in ("sdd_mm", "pixel_spacing_mm"):
+        geo[key] = next((v for v in (args[key], side.get(key), tags.get(key)) if v is not None), None)
+        if geo[key] is None and not (key == "sdd_mm" and geo["K"] is not None):
+            (bad_tags.append(problems[key]) if key in problems else missing.append(key))
+    if bad_tags:
+        raise InputError("; ".join(bad_tags) + ": pass the value (CLI: --sdd / --pixel-spacing) or give it in "
+                         f"a sidecar {sidecar_candidates(path)[0].name}", path)
+    if missing and side_path is not None:
+        kind = "camera file" if explicit else f"geometry sidecar of {path.name}"
+        need = " and ".join(f"'{k}'" for k in missing) + (" (or 'K')" if "sdd_mm" in missing else "")
+        raise InputError(f"{kind} gives no {need}: add it to this file, or pass sdd_mm= / pixel_spacing_mm= "
+                         "(CLI: --sdd / --pixel-spacing)", side_path)
+    if missing:
         raise InputError(
             f"no X-ray geometry ({', '.join(missing)}): pass sdd_mm= / pixel_spacing_mm= "
             f"(CLI: --sdd / --pixel-spacing, or --camera), write a sidecar {sidecar_candidates(path)[0].name}, "
             "or use a DICOM with DistanceSourceToDetector and ImagerPixelSpacing",
             path,
         )
-    sp = geo["pixel_spacing_mm"]
-    try:
-        sp = (float(sp), float(sp)) if np.isscalar(sp) else (float(sp[0]), float(sp[1]))
-        sdd = None if geo["sdd_mm"] is None else float(geo["sdd_mm"])
-    except (TypeError, ValueError, IndexError) as exc:
-        raise InputError(f"bad geometry values ({exc})", geo["_source"]) from exc
-    if min(sp) <= 0 or (sdd is not None and sdd <= 0):
-        raise InputError(f"sdd_mm ({sdd}) and pixel_spacing_mm ({sp}) must be positive", geo["_source"])
-    geo["pixel_spacing_mm"], geo["sdd_mm"] = sp, sdd
     return geo
+
+
+def _positive(name: str, value) -> float | None:
+    """An argument that must be a positive finite number (``None`` passes)."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (np.isfinite(v) and v > 0):
+        raise InputError(f"{name} must be a positive number (mm), got {value!r}")
+    return v
+
+
+def _spacing_argument(value) -> tuple[float, float] | None:
+    """``pixel_spacing_mm=`` as ``(dx, dy)``: one positive number or two."""
+    if value is None:
+        return None
+    if np.isscalar(value):
+        v = _positive("pixel_spacing_mm", value)
+        return v, v
+    vals = list(np.asarray(value, dtype=object).reshape(-1))
+    if len(vals) != 2:
+        raise InputError(f"pixel_spacing_mm must be one number dx or two (dx, dy), got {value!r}")
+    return _positive("pixel_spacing_mm", vals[0]), _positive("pixel_spacing_mm", vals[1])
+
+
+def _camera(geo: dict, height: int, width: int) -> Camera:
+    """The :class:`Camera` of the ``height x width`` image as stored, from :func:`_geometry`."""
+    from xrecon.geometry.camera import Camera
+
+    if geo.get("height") is not None and (geo["height"], geo["width"]) != (height, width):
+        raise InputError(f"camera JSON describes a {geo['height']}x{geo['width']} image but the image file is "
+                         f"{height}x{width}", geo["_source"])
+    if geo.get("K") is not None:
+        camera = Camera(geo["K"], np.eye(4), height, width, geo["pixel_spacing_mm"])
+    else:
+        camera = Camera.from_detector(geo["sdd_mm"], geo["pixel_spacing_mm"], height, width,
+                                      principal_offset_mm=geo.get("principal_offset_mm") or (0.0, 0.0))
+    if geo.get("world_to_cam") is not None:
+        camera = camera.with_pose(geo["world_to_cam"])
+    return camera
 
 
 def _border(crop, path: Path) -> tuple[int, int, int, int]:
@@ -355,3 +542,25 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
         raise InputError(f"size must be positive, got {(height, width)}")
     shrink = height < img.shape[0] or width < img.shape[1]
     return cv2.resize(img.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _area_downsample(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area average of ``img: (H, W)`` (any real dtype, any strides) onto a
+    ``height x width`` grid no larger than it, as float64 (pixel-centre aligned,
+    as :meth:`Camera.resized` assumes).
+
+    Area averaging is separable: columns are averaged strip by strip
+    (:data:`_STRIP_ROWS` rows converted to float64 at a time, so no float copy of
+    the full image is made), then rows.
+    """
+    import cv2
+
+    H, W = img.shape
+    cols = np.empty((H, width), np.float64)
+    for r0 in range(0, H, _STRIP_ROWS):
+        strip = np.ascontiguousarray(img[r0 : r0 + _STRIP_ROWS], dtype=np.float64)
+        cols[r0 : r0 + len(strip)] = strip if width == W else cv2.resize(
+            strip, (width, len(strip)), interpolation=cv2.INTER_AREA).reshape(len(strip), width)
+    if height == H:
+        return cols
+    return cv2.resize(cols, (width, height), interpolation=cv2.INTER_AREA).reshape(height, width)

@@ -3,6 +3,10 @@
 A C-arm is a pinhole camera whose centre is the X-ray source and whose image
 plane is the detector at distance ``sdd_mm``. ``Camera`` holds one or a batch of
 views (``world_to_cam: (B, 4, 4)``, ``K: (B, 3, 3)``) of the same image size.
+
+Camera JSON files (``Camera.save``, ``--camera``, the ``<image>.json`` sidecar
+of :func:`xrecon.anatomy.xray_io.read_xray`) have one schema, checked field by
+field at the boundary by :func:`parse_camera_json`.
 """
 from __future__ import annotations
 
@@ -15,6 +19,24 @@ import torch
 
 from xrecon.errors import InputError, check_shape
 from xrecon.geometry import se3
+
+#: Largest deviation of ``R^T R`` from the identity (and of ``det R`` from 1)
+#: accepted in a camera JSON's ``world_to_cam``. A rotation written with 6
+#: decimals deviates by up to about 3e-6; a matrix further off is not a rotation.
+ROTATION_TOLERANCE = 1e-5
+
+
+def size_within(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """``(height, width)`` shrunk, aspect kept, so that the longest side is at most
+    ``max_side`` (unchanged when it already is)."""
+    height, width, max_side = int(height), int(width), int(max_side)
+    if max_side < 1:
+        raise InputError(f"max_side must be a positive number of pixels, got {max_side}")
+    longest = max(height, width)
+    if longest <= max_side:
+        return height, width
+    s = max_side / longest
+    return max(1, min(max_side, round(height * s))), max(1, min(max_side, round(width * s)))
 
 
 def intrinsics_from_detector(
@@ -130,6 +152,11 @@ class Camera:
         sp = (self.pixel_spacing_mm[0] / sx, self.pixel_spacing_mm[1] / sy)
         return Camera(K, self.world_to_cam, height, width, sp)
 
+    def resized_within(self, max_side: int) -> "Camera":
+        """:meth:`resized` to :func:`size_within` ``max_side`` (itself when already within)."""
+        h, w = size_within(self.height, self.width, max_side)
+        return self if (h, w) == (self.height, self.width) else self.resized(h, w)
+
     def cropped(self, top: int, left: int, height: int, width: int) -> "Camera":
         """Camera of the sub-image ``img[top:top+height, left:left+width]``."""
         K = self.K.clone()
@@ -212,21 +239,24 @@ class Camera:
 
     @classmethod
     def from_dict(cls, d: dict, source: str | Path | None = None) -> "Camera":
-        """Inverse of :meth:`to_dict`. Accepts either ``K`` or ``sdd_mm`` + spacing."""
-        try:
-            h, w = int(d["height"]), int(d["width"])
-            sp = d.get("pixel_spacing_mm", 1.0)
-            sp = (float(sp), float(sp)) if np.isscalar(sp) else (float(sp[0]), float(sp[1]))
-            if "K" in d:
-                K = torch.tensor(d["K"], dtype=torch.float64)
-            else:
-                K = intrinsics_from_detector(float(d["sdd_mm"]), sp, h, w, tuple(d.get("principal_offset_mm", (0, 0))))
-            pose = torch.tensor(d.get("world_to_cam", np.eye(4).tolist()), dtype=torch.float64)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"not a camera description ({exc!r}); needs height, width and K or sdd_mm", source) from exc
-        if not torch.isfinite(K).all() or not torch.isfinite(pose).all():
-            raise InputError("camera holds non-finite numbers", source)
-        return cls(K, pose, h, w, sp)
+        """Inverse of :meth:`to_dict`: a camera JSON object (schema of
+        :func:`parse_camera_json`) with ``height``, ``width`` and either ``K`` or
+        ``sdd_mm`` (+ ``pixel_spacing_mm``, default 1, and ``principal_offset_mm``);
+        ``K`` wins when both are given. Errors name ``source`` and the field."""
+        f = parse_camera_json(d, source)
+        if f["height"] is None:
+            raise InputError("camera JSON needs 'height' and 'width' (the image size in pixels)", source)
+        if f["K"] is None and f["sdd_mm"] is None:
+            raise InputError("camera JSON needs 'K' (3x3 intrinsics in pixels) or 'sdd_mm' "
+                             "(source-to-detector distance) with 'pixel_spacing_mm'", source)
+        h, w = f["height"], f["width"]
+        sp = f["pixel_spacing_mm"] or (1.0, 1.0)
+        if f["K"] is not None:
+            K = torch.as_tensor(f["K"])
+        else:
+            K = intrinsics_from_detector(f["sdd_mm"], sp, h, w, f["principal_offset_mm"] or (0.0, 0.0))
+        pose = np.eye(4) if f["world_to_cam"] is None else f["world_to_cam"]
+        return cls(K, torch.as_tensor(pose), h, w, sp)
 
     def save(self, path: str | Path, i: int = 0) -> None:
         from xrecon.io import atomic_write_text
@@ -235,9 +265,152 @@ class Camera:
 
     @classmethod
     def load(cls, path: str | Path) -> "Camera":
+        """A camera JSON file (see :meth:`from_dict`); errors name ``path``."""
         path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"cannot read camera JSON ({exc})", path) from exc
-        return cls.from_dict(d, path)
+        return cls.from_dict(read_camera_json(path), path)
+
+
+# ---------------------------------------------------------------------- the camera JSON schema
+def read_camera_json(path: str | Path) -> dict:
+    """The JSON object in a camera / geometry file (not yet checked: see
+    :func:`parse_camera_json`). Raises :class:`InputError` naming ``path``."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(f"cannot read the camera JSON ({exc.strerror or exc})", path) from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        why = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise InputError(f"camera JSON is not valid JSON ({why})", path) from exc
+    if not isinstance(d, dict):
+        raise InputError(f"camera JSON must be an object ({{...}}), got a {type(d).__name__}", path)
+    return d
+
+
+def parse_camera_json(d, source: str | Path | None = None) -> dict:
+    """Check every geometry field of a camera JSON object and return them normalised.
+
+    The one schema of camera files (``Camera.save``, ``--camera``) and image
+    sidecars (``<image>.json``). Every field is optional here (callers say which
+    they need); ``null`` counts as absent; other keys are ignored.
+
+    ============================  =================================================
+    ``height``, ``width``         positive whole numbers (pixels), both or neither
+    ``K``                         3x3 finite numbers, ``[[fx, s, cx], [0, fy, cy],
+                                  [0, 0, 1]]`` with ``fx, fy > 0`` (pixels)
+    ``world_to_cam``              4x4 finite rigid transform: ``R^T R = I`` and
+                                  ``det R = 1`` to :data:`ROTATION_TOLERANCE`, last
+                                  row ``0 0 0 1`` (see :mod:`xrecon.geometry`)
+    ``sdd_mm``                    positive finite number
+    ``pixel_spacing_mm``          positive finite ``dx`` or ``[dx, dy]`` (columns, rows)
+    ``principal_offset_mm``       two finite numbers ``[x0, y0]``
+    ============================  =================================================
+
+    Returns a dict with those keys: ``height``/``width`` int, ``K`` ``(3, 3)`` and
+    ``world_to_cam`` ``(4, 4)`` float64 arrays, ``sdd_mm`` float,
+    ``pixel_spacing_mm`` and ``principal_offset_mm`` float pairs; ``None`` where absent.
+
+    Raises:
+        InputError: naming ``source`` (the JSON file), the field, what it must
+            be and what it is.
+    """
+    if not isinstance(d, dict):
+        raise InputError(f"camera JSON must be an object ({{...}}), got a {type(d).__name__}", source)
+
+    def bad(field: str, problem: str):
+        return InputError(f"camera JSON field '{field}' {problem}", source)
+
+    out: dict = {k: None for k in ("height", "width", "K", "world_to_cam", "sdd_mm", "pixel_spacing_mm",
+                                   "principal_offset_mm")}
+    for field in ("height", "width"):
+        v = d.get(field)
+        if v is None:
+            continue
+        if not _is_number(v) or not float(v).is_integer() or v < 1:
+            raise bad(field, f"must be a positive whole number of pixels, got {v!r}")
+        out[field] = int(v)
+    if (out["height"] is None) != (out["width"] is None):
+        missing = "width" if out["width"] is None else "height"
+        raise bad(missing, "is missing: give both 'height' and 'width' or neither")
+
+    v = d.get("sdd_mm")
+    if v is not None:
+        if not _is_number(v) or not np.isfinite(v) or v <= 0:
+            raise bad("sdd_mm", f"must be a positive number (mm), got {v!r}")
+        out["sdd_mm"] = float(v)
+
+    v = d.get("pixel_spacing_mm")
+    if v is not None:
+        arr = _numbers(v)
+        if arr is None or arr.shape not in ((), (1,), (2,)):
+            raise bad("pixel_spacing_mm", f"must be one number dx or two [dx, dy] (mm), got {v!r}")
+        if not np.isfinite(arr).all() or (arr <= 0).any():
+            raise bad("pixel_spacing_mm", f"must be positive and finite (mm), got {v!r}")
+        arr = np.repeat(arr.reshape(-1), 2) if arr.size == 1 else arr
+        out["pixel_spacing_mm"] = (float(arr[0]), float(arr[1]))
+
+    v = d.get("principal_offset_mm")
+    if v is not None:
+        arr = _numbers(v)
+        if arr is None or arr.shape != (2,) or not np.isfinite(arr).all():
+            raise bad("principal_offset_mm", f"must be two finite numbers [x0, y0] (mm), got {v!r}")
+        out["principal_offset_mm"] = (float(arr[0]), float(arr[1]))
+
+    v = d.get("K")
+    if v is not None:
+        K = _numbers(v)
+        if K is None or K.shape != (3, 3):
+            raise bad("K", f"must be a 3x3 array of numbers, got {_describe(v, K)}")
+        if not np.isfinite(K).all():
+            raise bad("K", "holds NaN or infinite values")
+        if K[0, 0] <= 0 or K[1, 1] <= 0:
+            raise bad("K", f"must have positive focal lengths K[0][0], K[1][1] (pixels), got {K[0, 0]:g}, {K[1, 1]:g}")
+        if np.abs(K[[1, 2, 2, 2], [0, 0, 1, 2]] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-9:
+            raise bad("K", f"must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got rows 2-3 {K[1:].tolist()}")
+        out["K"] = K
+
+    v = d.get("world_to_cam")
+    if v is not None:
+        T = _numbers(v)
+        if T is None or T.shape != (4, 4):
+            raise bad("world_to_cam", f"must be a 4x4 array of numbers, got {_describe(v, T)}")
+        if not np.isfinite(T).all():
+            raise bad("world_to_cam", "holds NaN or infinite values")
+        if np.abs(T[3] - [0.0, 0.0, 0.0, 1.0]).max() > 1e-9:
+            raise bad("world_to_cam", f"must end with the row [0, 0, 0, 1], got {T[3].tolist()}")
+        R = T[:3, :3]
+        ortho = float(np.abs(R.T @ R - np.eye(3)).max())
+        det = float(np.linalg.det(R))
+        if ortho > ROTATION_TOLERANCE or abs(det - 1.0) > ROTATION_TOLERANCE:
+            raise bad("world_to_cam", f"is not rigid: its 3x3 block must be a rotation (R^T R = I, det R = +1), "
+                                      f"got max |R^T R - I| = {ortho:.2g}, det R = {det:.6g} "
+                                      f"(tolerance {ROTATION_TOLERANCE:g}; write it with at least 6 decimals)")
+        out["world_to_cam"] = T
+    return out
+
+
+def _is_number(v) -> bool:
+    """A JSON number (``bool`` is not one)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _numbers(v) -> np.ndarray | None:
+    """``v`` (a number or nested lists of numbers) as a float64 array, or ``None``
+    when it holds anything else (strings, booleans, objects) or is ragged."""
+    def ok(x) -> bool:
+        return _is_number(x) or (isinstance(x, (list, tuple)) and all(ok(y) for y in x))
+
+    if not ok(v):
+        return None
+    try:
+        return np.asarray(v, dtype=np.float64)
+    except (TypeError, ValueError):  # ragged nesting
+        return None
+
+
+def _describe(v, arr: np.ndarray | None) -> str:
+    if arr is not None:
+        return f"shape {arr.shape}"
+    if isinstance(v, (list, tuple)):
+        return f"a list that is ragged or holds non-numbers: {v!r}"[:200]
+    return f"{type(v).__name__} {v!r}"[:200]
