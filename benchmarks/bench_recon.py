@@ -1,12 +1,16 @@
 """Benchmark of the patient-wide reconstruction and CT registration (issue 6).
 
-Held-out *test* subjects of the bundled pelvis shape model, each turned into a
-CT-like phantom and simulated at held-out seed-002 poses (128 px, the cpu128
-detector). Per case:
+Held-out *test* subjects, each turned into a CT-like phantom and simulated at
+held-out seed-002 poses (128 px, the cpu128 detector). ``--population`` picks
+the subjects: ``ssm`` (default) the bundled pelvis shape model's own test
+subjects, inside its span; ``out-of-span`` anatomy the model never saw: its test
+subjects moved by a smooth random deformation beyond the span (``deformed``)
+plus the LLP26 real test subjects (``llp26``); see docs/populations.md. Per case:
 
 * reconstruction: ASSD of the posed reconstruction to the posed truth (camera
   frame, mm), ASSD after a similarity alignment (shape only, model frame), and
-  the baseline "mean shape posed by the true camera";
+  the baselines "mean shape posed by the true camera" and "the shape model's
+  own best fit to the true shape" (similarity-aligned least squares in its span);
 * registration: the subject's phantom CT written in a random rigid frame (half
   of them LPS-flipped), its bone surface from its label map, registered through
   the reconstruction; mTRE over 500 surface points of the bone (camera frame),
@@ -14,7 +18,7 @@ detector). Per case:
 * frame invariance: a few CTs written in 5 frames; mTRE between the runs;
 * time per image of each stage.
 
-    python benchmarks/bench_recon.py [--quick] [--model PATH]
+    python benchmarks/bench_recon.py [--population ssm|out-of-span] [--quick] [--model PATH]
 
 Diagnostic: ``--correspondences truth`` replaces the network's dense
 correspondences (canonical coordinates and bone mask) by the simulation's
@@ -27,7 +31,8 @@ Thresholds (``ReconConfig.min_coverage``) are chosen on the validation split:
 2000) and writes bench_recon_val.*, with each pose's rotation error and
 coverage and the list of gross pose errors.
 
-Writes benchmarks/results/bench_recon.{json,md,png}. Simulated data only.
+Writes benchmarks/results/bench_recon.{json,md,png} (``--population out-of-span``:
+bench_recon_out_of_span.*). Simulated data only.
 """
 from __future__ import annotations
 
@@ -49,6 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _registration_data import depth_bias  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+POPULATION_TEXT = {
+    "ssm": "bundled pelvis shape model (articulated-ssm), its own subjects (in its span)",
+    "deformed": "bundled pelvis shape model's subjects moved by a smooth random deformation beyond its span",
+    "llp26": "LLP26 real pelvis subjects (musculoskeletal-models), outside the shape model's span",
+    "out-of-span": ("out of the shape model's span: its subjects moved by a smooth random deformation, and the "
+                    "LLP26 real pelvis subjects"),
+}
 log = logging.getLogger("bench_recon")
 #: a reconstruction's rotation error above this counts as a gross pose error (the
 #: coverage threshold ReconConfig.min_coverage is read off these cases)
@@ -70,6 +82,18 @@ def percentiles(x, failed_as_inf: bool = True) -> dict:
         s = summarize(ok, ())
         out.update({"p25": s.p25, "median": s.p50, "p95": s.p95, "mean": s.mean, "std": s.std})
     return out
+
+
+def population_digest(cfg) -> str:
+    """A short digest of what a population's shapes depend on (its generator's settings),
+    so a cached test set is rebuilt when they change."""
+    import dataclasses as dc
+
+    from shape_models.populations import OutOfSpanPopulation
+    from xrecon.anatomy.cache import hash_inputs
+
+    settings = dc.asdict(OutOfSpanPopulation()) if cfg.population == "deformed" else {}
+    return hash_inputs(cfg.population, settings)[:8]
 
 
 def gfr(x, threshold) -> float:
@@ -144,6 +168,9 @@ def main(argv=None) -> int:
     ap.add_argument("--split", choices=("test", "val"), default="test",
                     help="subjects: the held-out test split (the reported figures) or the validation split (where "
                          "thresholds are chosen; writes bench_recon_val.*)")
+    ap.add_argument("--population", choices=("ssm", "deformed", "llp26", "out-of-span"), default="ssm",
+                    help="test subjects: the shape model's own (in its span), or beyond it (out-of-span = "
+                         "deformed + llp26)")
     ap.add_argument("--views", type=int, default=3, help="views per subject")
     ap.add_argument("--n-register", type=int, default=24, help="cases registered to their CT")
     ap.add_argument("--n-refine", type=int, default=6, help="registered cases refined by intensity")
@@ -176,7 +203,7 @@ def main(argv=None) -> int:
     from xrecon.api import recon_refine_config, refine_pose
     from xrecon.geometry import Camera
     from shape_models.bundled import load_model
-    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of, split_shapes
+    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of
     from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
     from xrecon.methods.recon.pipeline import (reconstruct_from_prediction, reconstruct_image,
                                                register_ct_points)
@@ -186,23 +213,42 @@ def main(argv=None) -> int:
     from xrecon.solve.align3d import umeyama
 
     net, space, info = load_recon_model(args.model)
+    populations = ["deformed", "llp26"] if args.population == "out-of-span" else [args.population]
     # poses of the test set: seed 1000; of the validation set: seed 2000 (neither is a training seed)
-    data_cfg = ReconDataConfig(split=args.split, views_per_shape=args.views, protocol="seed002",
-                               seed=1000 if args.split == "test" else 2000, n_shapes=3 if args.quick else None)
-    data_path = Path(args.data) / f"{args.split}_{space.fingerprint}_{args.views}v{'_quick' if args.quick else ''}.h5"
-    if not data_path.is_file():
-        log.info("simulating the test set into %s", data_path)
-        generate_dataset(data_path, data_cfg)
-    with h5py.File(data_path, "r") as h5:
-        images = h5["image"][:]
-        shape_sd = h5["shape_sd"][:]
-        model_to_cam = h5["model_to_cam"][:]
-        world_to_cam = h5["world_to_cam"][:]
-        K = h5["K"][:]
-        subject = h5["subject"][:]
-        spacing = tuple(h5.attrs["pixel_spacing_mm"])
-        if args.correspondences == "truth":
-            true_canonical, true_mask = h5["canonical"][:], h5["mask"][:]
+    data_cfgs = [ReconDataConfig(split=args.split, views_per_shape=args.views, protocol="seed002", population=pop,
+                                 seed=1000 if args.split == "test" else 2000, n_shapes=3 if args.quick else None)
+                 for pop in populations]
+    arrays: dict[str, list] = {}
+    truth_shapes, shape_seed, shape_population = [], [], []  # per shape of all files: truth, phantom seed, source
+    for data_cfg in data_cfgs:
+        pop_tag = "" if data_cfg.population == "ssm" else f"_{data_cfg.population}_{population_digest(data_cfg)}"
+        data_path = Path(args.data) / (f"{args.split}{pop_tag}_{space.fingerprint}_{args.views}v"
+                                       f"{'_quick' if args.quick else ''}.h5")
+        if not data_path.is_file():
+            log.info("simulating the test set into %s", data_path)
+            generate_dataset(data_path, data_cfg)
+        keys = ["image", "shape_sd", "model_to_cam", "world_to_cam", "K", "subject", "shape_index"]
+        keys += ["canonical", "mask"] if args.correspondences == "truth" else []
+        with h5py.File(data_path, "r") as h5:
+            block = {k: h5[k][:] for k in keys}
+            spacing = tuple(h5.attrs["pixel_spacing_mm"])
+            n_shapes = int(block["shape_index"].max()) + 1
+            first_row = [int(np.flatnonzero(block["shape_index"] == s)[0]) for s in range(n_shapes)]
+            shapes = (h5["shapes"][:].astype(np.float64) if "shapes" in h5
+                      else np.stack([space.instance(block["shape_sd"][r]) for r in first_row]))
+        block["shape_index"] = block["shape_index"] + len(truth_shapes)  # one numbering over all files
+        truth_shapes += list(shapes)
+        # the patient's CT is the phantom the X-ray was simulated from: generate_dataset's seed of that shape
+        shape_seed += [data_cfg.seed * 100003 + s for s in range(n_shapes)]
+        shape_population += [data_cfg.population] * n_shapes
+        for k, v in block.items():
+            arrays.setdefault(k, []).append(v)
+    arrays = {k: np.concatenate(v) for k, v in arrays.items()}
+    images, shape_sd, model_to_cam, world_to_cam = (arrays[k] for k in ("image", "shape_sd", "model_to_cam",
+                                                                          "world_to_cam"))
+    K, subject, shape_index = arrays["K"], arrays["subject"], arrays["shape_index"]
+    if args.correspondences == "truth":
+        true_canonical, true_mask = arrays["canonical"], arrays["mask"]
     n = len(images)
     size = images.shape[-1]
     m2w = model_to_world(space)
@@ -211,6 +257,19 @@ def main(argv=None) -> int:
     refine_cfg = recon_refine_config()
     if args.refine_similarity:
         refine_cfg = dataclasses.replace(refine_cfg, similarity=args.refine_similarity)
+    shape_model = load_model(data_cfgs[0].shape_model)
+    best_fits: dict[int, float] = {}
+
+    def best_fit_of(s: int) -> float:
+        """ASSD of the shape model's own best fit to shape ``s`` (similarity-aligned least
+        squares onto its span, known correspondence): what the SSM can represent at best."""
+        if s not in best_fits:
+            truth = truth_shapes[s]
+            fit = shape_model.reconstruct(truth)  # the model's Procrustes alignment, all modes, back in truth's frame
+            fit = umeyama(fit, truth, with_scale=True).apply(fit)
+            best_fits[s] = surface_distance((fit, faces), (truth, faces), 5000).assd
+        return best_fits[s]
+
     cases = []
     t_start = time.monotonic()
     for i in tqdm(range(n), desc="reconstruct"):
@@ -225,11 +284,14 @@ def main(argv=None) -> int:
         except InputError as exc:  # e.g. a seed-002 pose whose view misses the volume: a constant image
             rec = None
             reason = str(exc)
-        truth_model = space.instance(shape_sd[i])
+        truth_model = truth_shapes[shape_index[i]]
         T = model_to_cam[i]
         truth_cam = truth_model @ T[:3, :3].T + T[:3, 3]
         mean_cam = space.mean_vertices @ T[:3, :3].T + T[:3, 3]
-        c = {"index": i, "subject": int(subject[i]),
+        best_fit = best_fit_of(int(shape_index[i]))
+        c = {"index": i, "subject": int(subject[i]), "shape": int(shape_index[i]),
+             "population": shape_population[shape_index[i]],
+             "ssm_best_fit_similarity_assd_mm": best_fit,
              "time_s": rec.timings_s.get("total", float("nan")) if rec is not None else float("nan"),
              "baseline_mean_shape_assd_mm": surface_distance((mean_cam, faces), (truth_cam, faces), 5000).assd,
              "baseline_mean_shape_similarity_assd_mm": surface_distance(
@@ -262,20 +324,21 @@ def main(argv=None) -> int:
     # ---- registration through the reconstruction
     rng = np.random.default_rng(7)
     ct_cache: dict[int, tuple] = {}
-    split_position = {int(sj): k for k, sj in enumerate(split_shapes(load_model(data_cfg.shape_model), data_cfg)[1])}
 
     def ct_of(i):
-        s = int(subject[i])
+        s = int(shape_index[i])
         if s not in ct_cache:
             # the patient's CT: the phantom the X-ray was simulated from (same body,
             # tissue values and soft tissue), sampled at 2 mm instead of 2.5 mm
-            ct, labels = phantom_of(space, space.instance(shape_sd[i]), ReconDataConfig(phantom_spacing_mm=2.0),
-                                    seed=data_cfg.seed * 100003 + split_position[s])
+            ct, labels = phantom_of(space, truth_shapes[s], ReconDataConfig(phantom_spacing_mm=2.0),
+                                    seed=shape_seed[s])
             bone = bone_from_labels(labels, cache=False)
             ct_cache[s] = (ct, labels, bone)
         return ct_cache[s]
 
-    order = np.argsort([c["index"] % args.views * 10000 + c["subject"] for c in cases], kind="stable")
+    # registered cases: the first view of every subject first, then the second, ...
+    rank = subject if args.population == "ssm" else shape_index
+    order = np.argsort([c["index"] % args.views * 10000 + int(rank[c["index"]]) for c in cases], kind="stable")
     reg_ids = [int(j) for j in order[: args.n_register]]
     reg_rows = []
     for k, i in enumerate(tqdm(reg_ids, desc="register")):
@@ -340,6 +403,7 @@ def main(argv=None) -> int:
         return [r.get(key, float("nan")) for r in rows]
 
     assd = {"posed_assd_mm": percentiles(col(cases, "posed_assd_mm")),
+            "ssm_best_fit_similarity_assd_mm": percentiles(col(cases, "ssm_best_fit_similarity_assd_mm")),
             "similarity_aligned_assd_mm": percentiles(col(cases, "similarity_assd_mm")),
             "baseline_mean_shape_true_pose_assd_mm": percentiles(col(cases, "baseline_mean_shape_assd_mm")),
             "posed_depth_fixed_assd_mm": percentiles(col(cases, "posed_depth_fixed_assd_mm")),
@@ -351,8 +415,9 @@ def main(argv=None) -> int:
     summary = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU (shared 2-core machine)",
-        "data": (f"bundled pelvis shape model (articulated-ssm), {args.split} split: {len(set(subject.tolist()))} "
-                 f"held-out subjects x {args.views} seed-002 poses, CT-like phantoms (xrecon.anatomy.phantom), DRR 128 px "
+        "population": args.population,
+        "data": (f"{POPULATION_TEXT[args.population]}, {args.split} split: {len(truth_shapes)} held-out subjects x "
+                 f"{args.views} seed-002 poses, CT-like phantoms (xrecon.anatomy.phantom), DRR 128 px "
                  "(cpu128 detector); simulated, no real X-rays"),
         "model": {"file": str(args.model or DEFAULT_MODEL), "command": info.get("command"),
                   "epochs": info.get("epochs_run")},
@@ -422,6 +487,8 @@ def main(argv=None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "bench_recon_quick" if args.quick else "bench_recon"
+    if args.population != "ssm":
+        name += "_" + args.population.replace("-", "_")
     if args.split != "test":
         name += f"_{args.split}"
     if args.correspondences == "truth":
@@ -433,8 +500,8 @@ def main(argv=None) -> int:
     (RESULTS / f"{name}.json").write_text(json.dumps({"summary": summary, "cases": out_cases,
                                                        "registration_cases": reg_rows}, indent=1, default=float))
     (RESULTS / f"{name}.md").write_text(markdown(summary))
-    figure(cases[: 4 * args.views: args.views] if n >= 4 * args.views else cases[:4], images, shape_sd,
-           model_to_cam, space, RESULTS / f"{name}.png")
+    figure(cases[: 4 * args.views: args.views] if n >= 4 * args.views else cases[:4], images,
+           [truth_shapes[s] for s in shape_index], model_to_cam, space, RESULTS / f"{name}.png")
     print(markdown(summary))
     return 0
 
@@ -484,6 +551,8 @@ def markdown(s: dict) -> str:
                        "posed_depth_fixed_assd_mm"),
                       ("baseline: mean shape at the true pose, ASSD", "baseline_mean_shape_true_pose_assd_mm"),
                       ("baseline: mean shape after similarity alignment", "baseline_mean_shape_similarity_assd_mm"),
+                      ("baseline: the shape model's own best fit to the truth (similarity)",
+                       "ssm_best_fit_similarity_assd_mm"),
                       ("abs. depth error of the centroid", "depth_error_mm")]:
         p = r[key]
         lines.append(f"| {name} | {fmt(p, 'p25')} | {fmt(p)} | {fmt(p, 'p95')} | {fmt(p, 'mean')} | {p['n']} | "
@@ -557,7 +626,7 @@ def markdown(s: dict) -> str:
     return "\n".join(lines)
 
 
-def figure(cases, images, shape_sd, model_to_cam, space, path: Path) -> None:
+def figure(cases, images, truth_model, model_to_cam, space, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -579,7 +648,7 @@ def figure(cases, images, shape_sd, model_to_cam, space, path: Path) -> None:
         ax[row, 1].set_ylim(images.shape[-2], 0)
         ax[row, 1].set_title("inlier pixels (cyan), reconstruction points")
         T = model_to_cam[i]
-        truth = space.instance(shape_sd[i]) @ T[:3, :3].T + T[:3, 3]
+        truth = truth_model[i] @ T[:3, :3].T + T[:3, 3]
         sub = slice(None, None, 15)
         ax[row, 2].scatter(truth[sub, 0], truth[sub, 2], s=1, c="k", label="truth")
         if rec.success:

@@ -141,6 +141,38 @@ def test_generated_views_agree_with_their_targets(tmp_path):
     assert torch.equal(item["mask"].bool(), torch.from_numpy(mask[1]))
 
 
+def test_out_of_span_dataset_stores_its_true_shapes(tmp_path):
+    """A deformed-population set stores each shape's true vertices (beyond the model's
+    span: the coefficients no longer give them), its images show that shape, and the
+    in-span population's shapes are exactly the model's instances."""
+    from shape_models.bundled import load_model
+    from xrecon.methods.recon.data import ReconDataConfig, dataset_shapes, generate_dataset, split_shapes
+    from xrecon.methods.recon.shape import ShapeSpace
+
+    model = load_model("pelvis")
+    space = ShapeSpace.from_shape_model(model)
+    ssm = ReconDataConfig(split="test", n_shapes=2)
+    verts, coeffs, subjects = dataset_shapes(model, space, ssm)
+    c0, s0 = split_shapes(model, ssm)
+    assert np.array_equal(coeffs, c0) and np.array_equal(subjects, s0)
+    assert np.allclose(verts[1], space.instance(c0[1]))
+
+    cfg = ReconDataConfig(split="test", n_shapes=1, views_per_shape=1, protocol="seed002", image_size=32,
+                          phantom_spacing_mm=4.0, render_spacing_mm=4.0, n_samples=64, seed=3, population="deformed")
+    path = generate_dataset(tmp_path / "deformed.h5", cfg, progress=False)
+    with h5py.File(path) as h5:
+        shapes, b, idx, mask = h5["shapes"][:], h5["shape_sd"][:], h5["shape_index"][:], h5["mask"][:]
+    assert shapes.shape == (1, space.mean_vertices.shape[0], 3) and idx.tolist() == [0]
+    # beyond the span: the least-squares instance misses the truth by about the deformation's size
+    miss = np.sqrt(((shapes[0] - space.instance(b[0])) ** 2).sum(1).mean())
+    assert 0.5 < miss < 10.0, miss
+    assert mask[0].sum() > 20
+    with pytest.raises(InputError, match="no LLP26 subject is for training"):
+        ReconDataConfig(split="train", population="llp26")
+    with pytest.raises(InputError, match="only with population='ssm'"):
+        ReconDataConfig(population="deformed", n_random_shapes=3)
+
+
 class _PointwiseNet(torch.nn.Module):
     """Outputs that depend on each pixel alone (a translation-equivariant 'network'),
     so shifting the image and shifting the outputs back must change nothing."""

@@ -1,9 +1,10 @@
 """Training data of the reconstruction network: simulated X-rays of shape-model
 instances with their per-pixel canonical coordinates.
 
-Generation (:func:`generate_dataset`), for each shape of one subject split of
-the bundled shape model (train / val / test, fixed by ``shape_models``), plus
-optional random draws from the model:
+Generation (:func:`generate_dataset`), for each shape of one subject split
+(train / val / test, fixed by ``shape_models``) of a population
+(:data:`POPULATIONS`: the bundled shape model's own subjects, in its span, or
+shapes beyond it), plus optional random draws from the model:
 
 1. the instance mesh is placed in a patient frame (RAS+, mm, centred on the mean
    shape's centroid) and turned once into a CT-like volume (bone shell,
@@ -20,11 +21,16 @@ Layout of the HDF5 file (one row per image, ``N`` rows, ``H = W = image_size``):
     image       (N, H, W)        float32  DRR line integrals (no augmentation)
     mask        (N, H, W)        uint8    ray meets the bone
     canonical   (N, 2, 3, H, W)  float16  entry / exit canonical coords, model frame, mm
-    shape_sd    (N, K)           float32  shape coefficients (SD) of the instance
+    shape_sd    (N, K)           float32  shape coefficients (SD) of the instance (beyond the
+                                          span: its least-squares projection onto the model)
     world_to_cam (N, 4, 4)       float64  pose of the patient frame (RAS+) in the camera
     model_to_cam (N, 4, 4)       float64  pose of the shape model frame in the camera
     K           (N, 3, 3)        float64  intrinsics
     subject     (N,)             int32    subject index (-1 for random draws)
+    shape_index (N,)             int32    row of ``shapes`` holding the image's shape
+    shapes      (S, V, 3)        float32  beyond the span (population other than ``ssm``): each
+                                          shape's vertices, model frame, mm (the truth, in the
+                                          model's correspondence, its faces)
     attrs: config (JSON), shape_model, model_to_world (4x4), pixel_spacing_mm, frames
 
 Augmentation happens at load time (:class:`ReconH5Dataset`), so one file
@@ -48,6 +54,16 @@ from xrecon.geometry import Camera, se3
 from xrecon.io import atomic_path
 
 log = logging.getLogger(__name__)
+
+#: Shape populations a dataset is simulated from (docs/populations.md):
+#: ``ssm``: the bundled model's own subjects (inside its span);
+#: ``deformed``: the same subjects moved by a smooth random deformation beyond the
+#: span (:class:`shape_models.populations.OutOfSpanPopulation`, its calibrated defaults);
+#: ``llp26``: the LLP26 real subjects (another study), registered into the model's
+#: correspondence (:func:`shape_models.populations.register_llp26`; no LLP26 subject is
+#: in a train split).
+POPULATIONS = ("ssm", "deformed", "llp26")
+
 
 def pose_sampler(protocol: str):
     """Pose sampler configs of a protocol name: ``seed002`` (seed 002's), ``wide``
@@ -95,6 +111,7 @@ class ReconDataConfig:
         render_spacing_mm: voxel size the renderer resamples to.
         n_samples: samples per ray of the renderer.
         shape_model: bundled shape model name.
+        population: where the shapes come from (:data:`POPULATIONS`).
         seed: seeds poses, random shapes and phantoms.
         with_bone: ``False`` simulates *negatives*: the same bodies with the bone
             replaced by soft tissue, an empty bone mask and ``has_bone = 0``,
@@ -115,6 +132,7 @@ class ReconDataConfig:
     shape_model: str = "pelvis"
     seed: int = 0
     with_bone: bool = True
+    population: str = "ssm"
 
     def __post_init__(self):
         if self.split not in ("train", "val", "test"):
@@ -123,6 +141,12 @@ class ReconDataConfig:
             raise InputError(f"first_shape must be >= 0, got {self.first_shape}")
         if self.protocol not in ("seed002", "wide", "mixed"):
             raise InputError(f"protocol must be 'seed002', 'wide' or 'mixed', got {self.protocol!r}")
+        if self.population not in POPULATIONS:
+            raise InputError(f"population must be one of {POPULATIONS}, got {self.population!r}")
+        if self.population != "ssm" and self.n_random_shapes:
+            raise InputError("n_random_shapes draws from the model's span: only with population='ssm'")
+        if self.population == "llp26" and self.split == "train":
+            raise InputError("no LLP26 subject is for training (population 'llp26' has val and test splits only)")
 
     def detector(self):
         """The detector preset (:func:`xrecon.sim.detector.preset_for_size`)."""
@@ -150,6 +174,52 @@ def split_shapes(space_model, cfg: ReconDataConfig) -> tuple[np.ndarray, np.ndar
         b = np.concatenate([b, extra])
         subj = np.concatenate([subj, -np.ones(cfg.n_random_shapes, np.int64)])
     return b, subj
+
+
+def dataset_shapes(model, space, cfg: ReconDataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The shapes of a config: vertices ``(S, V, 3)`` (model frame, mm), coefficients
+    ``(S, K)`` in SD (beyond the span: the least-squares projection onto the model,
+    same frame) and subject ids ``(S,)`` (-1: a random draw; for ``deformed`` the draw
+    index, for ``llp26`` the LLP26 subject)."""
+    if cfg.population == "ssm":
+        coeffs, subjects = split_shapes(model, cfg)
+        return np.stack([space.instance(c) for c in coeffs]), coeffs, subjects
+    if cfg.population == "deformed":
+        from shape_models.populations import OutOfSpanPopulation
+
+        n = len(model.metadata_["split"][cfg.split]) - cfg.first_shape if cfg.n_shapes is None else cfg.n_shapes
+        draws = OutOfSpanPopulation().draws(model, cfg.split, max(n, 0), start=cfg.first_shape)
+        verts = np.stack([d.vertices for d in draws])
+        subjects = np.asarray([d.index for d in draws], np.int64)
+    else:
+        verts, subjects = llp26_shapes(model, cfg.split)
+        verts, subjects = verts[cfg.first_shape:], subjects[cfg.first_shape:]
+        if cfg.n_shapes is not None:
+            verts, subjects = verts[: cfg.n_shapes], subjects[: cfg.n_shapes]
+    coeffs = np.atleast_2d(model.transform(verts, align=False))[:, : space.n_modes]
+    return verts, coeffs, subjects
+
+
+def llp26_shapes(model, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The LLP26 subjects of ``split`` (:func:`shape_models.populations.population_split`)
+    in ``model``'s correspondence, rigidly aligned to its mean in the model frame:
+    vertices ``(S, V, 3)`` mm and subject ids ``(S,)``. The registration (about 40 s
+    per subject) is cached on disk (:mod:`xrecon.anatomy.cache`)."""
+    from shape_models.populations import population_split, register_llp26
+    from shape_models.procrustes import align_points, apply_transform
+    from xrecon.anatomy.cache import cached_arrays, hash_inputs
+
+    ids = np.asarray(population_split("llp26")[split], np.int64)
+    mean = np.asarray(model.mean_, np.float64).reshape(-1, 3)
+    out = []
+    for sid in ids:
+        def compute(sid=int(sid)):
+            v = np.asarray(register_llp26(model, [sid])[0].vertices, np.float64)
+            return {"vertices": apply_transform(align_points(v, mean, "rigid"), v)}
+
+        key = hash_inputs("llp26", int(sid), mean, np.asarray(model.faces_))
+        out.append(cached_arrays("llp26_in_correspondence", key, compute)["vertices"])
+    return np.stack(out), ids
 
 
 def model_to_world(space) -> np.ndarray:
@@ -188,7 +258,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
     out_path = Path(out_path)
     model = load_model(cfg.shape_model)
     space = ShapeSpace.from_shape_model(model)
-    coeffs, subjects = split_shapes(model, cfg)
+    shapes, coeffs, subjects = dataset_shapes(model, space, cfg)
     n_img = len(coeffs) * cfg.views_per_shape
     size, k = cfg.image_size, space.n_modes
     camera = cfg.camera()
@@ -207,6 +277,9 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
         d_K = h5.create_dataset("K", (n_img, 3, 3), "f8")
         d_subj = h5.create_dataset("subject", (n_img,), "i4")
         d_has = h5.create_dataset("has_bone", (n_img,), "u1")
+        d_shape = h5.create_dataset("shape_index", (n_img,), "i4")
+        if cfg.population != "ssm":  # in the span, shape_sd gives the truth exactly
+            h5.create_dataset("shapes", data=shapes.astype(np.float32), compression="lzf")
         h5.attrs["config"] = json.dumps(dataclasses.asdict(cfg))
         h5.attrs["shape_model"] = cfg.shape_model
         h5.attrs["shape_model_fingerprint"] = space.fingerprint
@@ -216,7 +289,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
                               "frame; canonical = points on the mean shape in the model frame")
         row = 0
         for s in tqdm(range(len(coeffs)), desc=f"{cfg.split} shapes", disable=not progress):
-            verts_model = space.instance(coeffs[s])
+            verts_model = shapes[s]
             verts_world = verts_model @ m2w[:3, :3].T + m2w[:3, 3]
             ct, _labels = phantom_of(space, verts_model, cfg, seed=cfg.seed * 100003 + s)
             w2c = sample_world_to_cam(cfg.views_per_shape, cfg.protocol, rng, sod_mm)
@@ -237,6 +310,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
                 d_m2c[row] = w2c[v] @ m2w
                 d_K[row] = camera.K[0].numpy()
                 d_subj[row] = subjects[s]
+                d_shape[row] = s
                 row += 1
         h5.attrs["seconds"] = time.monotonic() - t0
     log.info("wrote %s: %d images of %d shapes in %.0f s", out_path, n_img, len(coeffs), time.monotonic() - t0)
