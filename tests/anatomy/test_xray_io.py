@@ -306,3 +306,10 @@ def test_a_camera_object_is_scaled_with_a_shrunk_image(tmp_path):
     assert torch_equal(got.K, cam.resized(30, 40).K)
     with pytest.raises(InputError, match="x.png: the camera given describes a 61x80 image"):
         read_xray(tmp_path / "x.png", camera=Camera.from_detector(1000.0, 0.5, H + 1, W))
+
+
+def test_a_sidecar_k_dropped_by_an_argument_is_explained(tmp_path):
+    write_image(tmp_path / "x.png", _normalised(_line_integrals()))
+    (tmp_path / "x.json").write_text(json.dumps({"K": [[900, 0, 39.5], [0, 900, 29.5], [0, 0, 1]]}))
+    with pytest.raises(InputError, match=r"x.json: .*no 'sdd_mm' \(or 'K'\) \(its 'K' is not used once"):
+        read_xray(tmp_path / "x.png", pixel_spacing_mm=0.3)

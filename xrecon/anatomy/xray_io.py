@@ -460,7 +460,9 @@ def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict
     if missing and side_path is not None:
         kind = "camera file" if explicit else f"geometry sidecar of {path.name}"
         need = " and ".join(f"'{k}'" for k in missing) + (" (or 'K')" if "sdd_mm" in missing else "")
-        raise InputError(f"{kind} gives no {need}: add it to this file, or pass sdd_mm= / pixel_spacing_mm= "
+        why = (" (its 'K' is not used once sdd_mm= or pixel_spacing_mm= is passed)"
+               if side.get("K") is not None and geo["K"] is None else "")
+        raise InputError(f"{kind} gives no {need}{why}: add it to this file, or pass sdd_mm= / pixel_spacing_mm= "
                          "(CLI: --sdd / --pixel-spacing)", side_path)
     if missing:
         raise InputError(
