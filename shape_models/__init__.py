@@ -17,6 +17,8 @@ Modules, one concept each:
 * :mod:`shape_models.quality`: compactness, generalisation, specificity.
 * :mod:`shape_models.surface`: closest points and occlusion tests on a mesh.
 * :mod:`shape_models.synthetic`: seeded synthetic observations of a known shape.
+* :mod:`shape_models.populations`: shapes beyond a model's span (smooth deformations,
+  the LLP26 subjects in the model's correspondence, mirroring) and their fixed splits.
 
 See docs/shape_models.md.
 """
