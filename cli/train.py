@@ -47,6 +47,8 @@ def recon(
     time_limit_min: Optional[float] = typer.Option(None, callback=positive, help="Stop cleanly after this many minutes."),
     no_augment: bool = typer.Option(False, "--no-augment", help="Turn off load-time domain randomisation."),
     seed: int = typer.Option(0, help="Seed of the simulation, the weights and the sampling."),
+    scene: str = typer.Option("bone", help="Phantoms simulated: bone (the bone in a soft-tissue halo) | film "
+                                           "(femora, sacrum, lumbar stand-in, body, gas, metal: docs/anatomy.md)."),
     simulate_only: bool = typer.Option(False, "--simulate-only", help="Simulate the data, then stop."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoints/last.pt when it exists."),
     init: Optional[Path] = typer.Option(None, help="Start from the weights of this model file (recon_model.pt) "
@@ -106,9 +108,10 @@ def recon(
     specs = {
         "train": ReconDataConfig(split="train", n_shapes=train_shapes, first_shape=first_shape,
                                  n_random_shapes=random_shapes, with_bone=not no_bone,
-                                 views_per_shape=views, protocol=protocol, image_size=image_size, seed=seed),
+                                 views_per_shape=views, protocol=protocol, image_size=image_size, seed=seed,
+                                 scene=scene),
         "val": ReconDataConfig(split="val", n_shapes=val_shapes, views_per_shape=val_views, protocol="seed002",
-                               image_size=image_size, seed=seed + 1),
+                               image_size=image_size, seed=seed + 1, scene=scene),
     }
     for split, path in paths.items():
         if path.is_file():

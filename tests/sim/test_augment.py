@@ -47,3 +47,29 @@ def test_each_augmentation_changes_images_and_keeps_the_range():
     assert torch.allclose(inverted, 1 - x)
     erased = Augmenter(only["erase"])(x)
     assert ((erased == 0) & (x > 0.05)).flatten(1).any(1).all()  # a patch set to 0 in every image
+
+
+def test_collimation_is_off_by_default_and_blacks_out_only_borders():
+    from xrecon.sim.augment import DEFAULT_AUGMENT, FILM_AUGMENT, NO_AUGMENT, RandomCollimation
+
+    assert DEFAULT_AUGMENT.p_collimate == 0.0 and NO_AUGMENT.p_collimate == 0.0 and FILM_AUGMENT.p_collimate > 0
+    assert not any(isinstance(s, RandomCollimation) for s in Augmenter(DEFAULT_AUGMENT).steps)
+    assert any(isinstance(s, RandomCollimation) for s in Augmenter(FILM_AUGMENT).steps)
+    torch.manual_seed(0)
+    H, W = 48, 64
+    image = torch.rand(40, 1, H, W) * 0.5 + 0.5  # never 0 before collimation
+    out = RandomCollimation(p=1.0, fraction=(0.05, 0.2), p_circular=0.5, rotation_deg=10.0)(image)
+    centre = (slice(H // 2 - 8, H // 2 + 8), slice(W // 2 - 8, W // 2 + 8))
+    torch.testing.assert_close(out[..., centre[0], centre[1]], image[..., centre[0], centre[1]])
+    black = (out == 0)[:, 0]
+    assert black.any(dim=(1, 2)).all()  # every image lost something
+    # the black region is a border: every black pixel's outward neighbour (away from the centre) is black too
+    v, u = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    du = torch.sign(u - (W - 1) / 2).long()
+    dv = torch.sign(v - (H - 1) / 2).long()
+    nu, nv = (u + du).clamp(0, W - 1), (v + dv).clamp(0, H - 1)
+    outside = ((u + du) < 0) | ((u + du) >= W) | ((v + dv) < 0) | ((v + dv) >= H)
+    outward_black = black[:, nv, nu] | outside
+    assert (~black | outward_black).all()
+    same = RandomCollimation(p=0.0)(image)
+    torch.testing.assert_close(same, image)

@@ -109,13 +109,7 @@ def ct_from_mesh(
     soft_mm = soft_tissue_mm * rng.uniform(*cfg.soft_tissue_scale)
     if margin_mm is None:
         margin_mm = soft_tissue_mm * max(cfg.soft_tissue_scale) + 5.0
-    lo = bone.vertices.min(0) - margin_mm
-    shape = tuple(int(n) for n in np.ceil((bone.vertices.max(0) + margin_mm - lo) / h) + 1)
-    n_vox = int(np.prod(shape))
-    if n_vox > 400_000_000:
-        raise InputError(f"phantom grid {shape} is too large; raise spacing_mm", bone.source)
-    voxel_to_world = np.diag([h, h, h, 1.0])
-    voxel_to_world[:3, 3] = lo
+    voxel_to_world, shape = phantom_grid(bone.vertices, h, margin_mm, bone.source)
 
     _warn_if_open(bone)
     scene = raycasting_scene(bone.vertices, bone.faces)
@@ -148,6 +142,22 @@ def ct_from_mesh(
     ct = Volume(hu.astype(np.float32), voxel_to_world, source)
     labels = Volume(inside.astype(np.uint8), voxel_to_world.copy(), source, {BONE_LABEL: "bone"})
     return ct, labels
+
+
+def phantom_grid(vertices: np.ndarray, spacing_mm: float, margin_mm: float, source: str = "<memory>"
+                 ) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The axis-aligned grid of :func:`ct_from_mesh`: ``(voxel_to_world (4, 4), shape)``
+    covering ``vertices: (V, 3)`` mm plus ``margin_mm``, first voxel centre at the
+    low corner. Raises InputError above 400 M voxels."""
+    h = float(spacing_mm)
+    lo = vertices.min(0) - margin_mm
+    shape = tuple(int(n) for n in np.ceil((vertices.max(0) + margin_mm - lo) / h) + 1)
+    n_vox = int(np.prod(shape))
+    if n_vox > 400_000_000:
+        raise InputError(f"phantom grid {shape} is too large; raise spacing_mm", source)
+    voxel_to_world = np.diag([h, h, h, 1.0])
+    voxel_to_world[:3, 3] = lo
+    return voxel_to_world, shape
 
 
 def inside_mask(scene, voxel_to_world: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

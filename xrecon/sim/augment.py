@@ -1,5 +1,6 @@
 """Domain randomisation for simulated X-rays, applied at load time (seed 002:
-random inversion, colour jitter, random erasing; plus gamma, noise and blur).
+random inversion, colour jitter, random erasing; plus gamma, noise, blur and,
+off by default, collimation: :class:`RandomCollimation`).
 
 Images are first scaled to [0, 1] per image (:func:`normalise_image`); the
 augmentations are kornia's, so they draw from torch's global generator (a
@@ -13,7 +14,7 @@ pose, so the per-pixel ground truth stays exact when resampled with the image.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch.utils.data import Dataset
@@ -33,6 +34,13 @@ class AugmentConfig:
         p_noise, noise_std: probability and std of additive Gaussian noise.
         p_blur, blur_sigma: probability and sigma range (px) of a Gaussian blur.
         p_erase, erase_scale: probability and area fraction range of random erasing.
+        p_collimate: probability of collimator shutters (:class:`RandomCollimation`;
+            0, the default, leaves the pipeline and its random draws as they were).
+        collimate_fraction: range of the fraction of the image side each rectangular
+            shutter covers (drawn per side).
+        p_circular: probability that the field is circular (an image intensifier)
+            instead of rectangular.
+        collimate_rotation_deg: largest rotation of the rectangular field.
     """
 
     p_invert: float = 0.5
@@ -48,6 +56,10 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 1.5)
     p_erase: float = 0.5
     erase_scale: tuple[float, float] = (0.02, 0.15)
+    p_collimate: float = 0.0
+    collimate_fraction: tuple[float, float] = (0.0, 0.2)
+    p_circular: float = 0.3
+    collimate_rotation_deg: float = 10.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +68,9 @@ class AugmentConfig:
 #: Seed 002's augmentation (inversion, colour jitter, random erasing) with the
 #: extra gamma / noise / blur of the issue.
 DEFAULT_AUGMENT = AugmentConfig()
+
+#: :data:`DEFAULT_AUGMENT` plus collimation of half the images (for film-like data).
+FILM_AUGMENT = replace(DEFAULT_AUGMENT, p_collimate=0.5)
 
 #: Nothing changes (for validation and test sets).
 NO_AUGMENT = AugmentConfig(0.0, 0.0, (1.0, 1.0), 0.0, (0.0, 0.0), 0.0, (1.0, 1.0), 0.0, 0.0, 0.0, (0.1, 0.1), 0.0, (0.02, 0.02))
@@ -91,12 +106,65 @@ class Augmenter(torch.nn.Module):
             steps.append(KA.RandomGaussianNoise(mean=0.0, std=c.noise_std, p=c.p_noise))
         if c.p_erase > 0:
             steps.append(KA.RandomErasing(scale=c.erase_scale, ratio=(0.3, 3.3), value=0.0, p=c.p_erase))
+        if c.p_collimate > 0:
+            steps.append(RandomCollimation(c.p_collimate, c.collimate_fraction, c.p_circular, c.collimate_rotation_deg))
         self.steps = torch.nn.Sequential(*steps)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         if len(self.steps) == 0:
             return image
         return self.steps(image).clamp(0.0, 1.0)
+
+
+class RandomCollimation(torch.nn.Module):
+    """Collimator shutters: the image outside a random field is set to 0 (black).
+
+    ``forward(image: (B, C, H, W)) -> (B, C, H, W)``; each image is collimated with
+    probability ``p``. A rectangular field loses a fraction of the side drawn in
+    ``fraction`` on each of its four sides and is turned by up to ``rotation_deg``
+    about the image centre; a circular field (probability ``p_circular``) is centred
+    within 5 % of the image centre with a radius of 0.8-1.1 times half the shorter
+    side (so the corners go black). The edge is anti-aliased over one pixel. Only the
+    image changes: like random erasing, the per-pixel targets keep their values
+    (the bone is still there behind the shutter). Draws use torch's global generator.
+    """
+
+    def __init__(self, p: float = 0.5, fraction: tuple[float, float] = (0.0, 0.2), p_circular: float = 0.3,
+                 rotation_deg: float = 10.0):
+        super().__init__()
+        if not (0.0 <= p <= 1.0 and 0.0 <= p_circular <= 1.0 and 0.0 <= fraction[0] <= fraction[1] < 0.5):
+            raise InputError(f"collimation needs 0 <= p, p_circular <= 1 and 0 <= fraction[0] <= fraction[1] < 0.5, "
+                             f"got {p}, {p_circular}, {fraction}")
+        self.p, self.fraction, self.p_circular, self.rotation_deg = float(p), tuple(fraction), float(p_circular), float(rotation_deg)
+
+    def field(self, batch: int, H: int, W: int) -> torch.Tensor:
+        """``(B, 1, H, W)`` in [0, 1]: 1 inside the open field (all ones for images not collimated)."""
+        import math
+
+        v, u = torch.meshgrid(torch.arange(H, dtype=torch.float32) - (H - 1) / 2,
+                              torch.arange(W, dtype=torch.float32) - (W - 1) / 2, indexing="ij")
+        out = torch.ones(batch, 1, H, W)
+        for b in range(batch):
+            if float(torch.rand(())) >= self.p:
+                continue
+            if float(torch.rand(())) < self.p_circular:
+                c = (torch.rand(2) - 0.5) * 0.1 * torch.tensor([W, H], dtype=torch.float32)
+                r = (0.8 + 0.3 * float(torch.rand(()))) * min(H, W) / 2
+                dist = r - torch.sqrt((u - c[0]) ** 2 + (v - c[1]) ** 2)
+            else:
+                lo, hi = self.fraction
+                f = lo + (hi - lo) * torch.rand(4)
+                a = math.radians(self.rotation_deg) * (2 * float(torch.rand(())) - 1)
+                ur = math.cos(a) * u + math.sin(a) * v
+                vr = -math.sin(a) * u + math.cos(a) * v
+                dist = torch.stack([ur + W / 2 - f[0] * W, W / 2 - f[1] * W - ur,
+                                    vr + H / 2 - f[2] * H, H / 2 - f[3] * H - vr]).amin(0)
+            out[b, 0] = (dist + 0.5).clamp(0.0, 1.0)
+        return out
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = image.shape
+        return image * self.field(B, H, W).to(image)
 
 
 #: Per-pixel ground-truth fields that :func:`zoom_sample` resamples by nearest

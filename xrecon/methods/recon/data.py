@@ -64,6 +64,10 @@ log = logging.getLogger(__name__)
 #: in a train split).
 POPULATIONS = ("ssm", "deformed", "llp26")
 
+#: Phantom kinds (:attr:`ReconDataConfig.scene`): ``bone`` (the bone in a soft-tissue halo) or
+#: ``film`` (the neighbouring anatomy a pelvis film shows, docs/anatomy.md "Film-like scenes").
+SCENES = ("bone", "film")
+
 
 def pose_sampler(protocol: str):
     """Pose sampler configs of a protocol name: ``seed002`` (seed 002's), ``wide``
@@ -113,6 +117,10 @@ class ReconDataConfig:
         shape_model: bundled shape model name.
         population: where the shapes come from (:data:`POPULATIONS`).
         seed: seeds poses, random shapes and phantoms.
+        scene: ``"bone"`` (the phantom of :func:`xrecon.anatomy.phantom.ct_from_mesh`: the
+            bone in a halo of soft tissue) or ``"film"`` (:func:`xrecon.anatomy.scene.film_scene`:
+            the same pelvis voxels with femora, sacrum, a lumbar stand-in, a body, gas and
+            metal; the targets still come from the pelvis mesh alone).
         with_bone: ``False`` simulates *negatives*: the same bodies with the bone
             replaced by soft tissue, an empty bone mask and ``has_bone = 0``,
             so the network learns to find no bone where there is none.
@@ -133,8 +141,13 @@ class ReconDataConfig:
     seed: int = 0
     with_bone: bool = True
     population: str = "ssm"
+    scene: str = "bone"
 
     def __post_init__(self):
+        if self.scene not in SCENES:
+            raise InputError(f"scene must be one of {SCENES}, got {self.scene!r}")
+        if self.scene == "film" and self.shape_model != "pelvis":
+            raise InputError("scene 'film' is built around the pelvis model (shape_model='pelvis')")
         if self.split not in ("train", "val", "test"):
             raise InputError(f"split must be train, val or test, got {self.split!r}")
         if self.first_shape < 0:
@@ -237,6 +250,12 @@ def phantom_of(space, vertices_model: np.ndarray, cfg: ReconDataConfig, seed: in
     T = model_to_world(space)
     bone = BoneModel(vertices_model @ T[:3, :3].T + T[:3, 3], space.faces, frame="patient (RAS+ mm)",
                      source=f"{space.name} instance")
+    if cfg.scene == "film":
+        from shape_models.neighbours import pelvis_neighbours
+        from xrecon.anatomy.scene import SceneParts, film_scene
+
+        parts = SceneParts(**pelvis_neighbours(cfg.shape_model)).transformed(T)
+        return film_scene(bone, parts, spacing_mm=cfg.phantom_spacing_mm, seed=seed, with_bone=cfg.with_bone)
     tissue = None
     if not cfg.with_bone:  # bone voxels get soft-tissue values: the body without its bone
         soft = PhantomConfig().soft_tissue_hu
