@@ -50,3 +50,13 @@ def check_output_folder(out: Path) -> None:
         if probe != Path(out):
             what += f" (the output folder {out} would be made in it)"
         raise InputError(f"output: {what}", probe)
+
+
+def check_inputs_exist(*paths) -> None:
+    """Fail at once when a named input file or folder does not exist (``None``: not given),
+    before anything heavy is imported or read."""
+    from xrecon.errors import InputError
+
+    for path in paths:
+        if path is not None and not Path(path).exists():
+            raise InputError("no such file or folder", path)

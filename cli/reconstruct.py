@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import check_output_folder, handle_errors, positive
+from xrecon.cli.common import check_inputs_exist, check_output_folder, handle_errors, positive
 
 
 @handle_errors
@@ -27,6 +27,7 @@ def reconstruct(
     (model_to_cam, shape, confidence) and OUT/overlay.png.
     """
     check_output_folder(out)
+    check_inputs_exist(image, camera, model)
     from xrecon import api
     from xrecon.errors import InputError
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from xrecon.cli.common import check_output_folder, handle_errors, positive
+from xrecon.cli.common import check_inputs_exist, check_output_folder, handle_errors, positive
 
 
 @handle_errors
@@ -35,6 +35,7 @@ def register(
     OUT/ct_bone_cam.ply and OUT/overlay.png (CT bone outline on the X-ray).
     """
     check_output_folder(out)
+    check_inputs_exist(image, ct, labels, camera, model)
     from xrecon import api
 
     if api.model_kind(model) == "scr":
