@@ -68,11 +68,12 @@ def test_help_of_every_command_loads_no_heavy_library(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["reconstruct", "{empty}"],
-    ["register", "--ct", "{missing}", "{empty}"],
+    ["register", "--ct", "{ct}", "{empty}"],
 ], ids=["reconstruct", "register"])
 def test_zero_byte_image_is_refused_before_torch(tmp_path, args):
     (tmp_path / "empty.png").write_bytes(b"")
-    args = [a.format(empty=tmp_path / "empty.png", missing=tmp_path / "missing.nii") for a in args]
+    ct = ROOT / "examples" / "pelvis_ct.nii.gz"  # a real CT: the image is what is wrong
+    args = [a.format(empty=tmp_path / "empty.png", ct=ct) for a in args]
     rc, text, loaded = _run(_cli(args + ["--out", str(tmp_path / "out")]), tmp_path)
     assert rc == 2, text[-3000:]
     assert "xrecon: error:" in text and "empty.png" in text

@@ -3,6 +3,7 @@ line naming the file at fault and exit code 2, not a traceback (issue 31)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,7 +45,8 @@ def _error(result) -> str:
                                          ("height", "48"), ("principal_offset_mm", 3.0)])
 def test_a_bad_camera_field_names_the_camera_file(tmp_path, xray, command, field, value):
     cam = _camera_file(tmp_path, **{field: value})
-    extra = ["--ct", str(tmp_path / "unused.nii.gz")] if command == "register" else []
+    ct = Path(__file__).resolve().parents[2] / "examples" / "pelvis_ct.nii.gz"  # a real CT: the camera is wrong
+    extra = ["--ct", str(ct)] if command == "register" else []
     res = runner.invoke(app, [command, str(xray), "--camera", str(cam), *extra, "--out", str(tmp_path / "out")])
     assert _error(res).startswith(f"xrecon: error: {cam}: camera JSON field '{field}'")
 
