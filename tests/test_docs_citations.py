@@ -3,7 +3,8 @@
 The rule, in two halves:
 
 1. Every results file the written pages cite exists. A citation is a name
-   starting ``bench_``, ``compare_``, ``diag_`` or ``recon_fit_gap`` (letters,
+   starting ``bench_``, ``compare_``, ``diag_``, ``recon_fit_gap`` or
+   ``recon_confidence`` (letters,
    digits, underscores), bare or after ``benchmarks/results/``, optionally with
    an extension (``.json``, ``.md``, ``.png``, ``.csv``) or a brace group
    (``.{md,json,png}``). A bare name or a brace group cites the run: at least
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULT_EXTS = {".json", ".md", ".png", ".csv"}
 _NAME = re.compile(
     r"(?<![A-Za-z0-9_/.-])(?:benchmarks/results/)?"
-    r"((?:bench|compare|diag)_[A-Za-z0-9_]+|recon_fit_gap[A-Za-z0-9_]*)"
+    r"((?:bench|compare|diag)_[A-Za-z0-9_]+|recon_(?:fit_gap|confidence)[A-Za-z0-9_]*)"
     r"(\.\{[a-z,]+\}|\.[A-Za-z0-9]+)?"
     r"([*<]?)"
 )
