@@ -49,6 +49,9 @@ def recon(
     seed: int = typer.Option(0, help="Seed of the simulation, the weights and the sampling."),
     scene: str = typer.Option("bone", help="Phantoms simulated: bone (the bone in a soft-tissue halo) | film "
                                            "(femora, sacrum, lumbar stand-in, body, gas, metal: docs/anatomy.md)."),
+    population: str = typer.Option("ssm", help="Shapes simulated: ssm (the shape model's own subjects and draws) | "
+                                               "deformed (those subjects moved beyond the model's span, "
+                                               "docs/populations.md); training and validation alike."),
     simulate_only: bool = typer.Option(False, "--simulate-only", help="Simulate the data, then stop."),
     resume: bool = typer.Option(True, help="Continue from OUT/checkpoints/last.pt when it exists."),
     init: Optional[Path] = typer.Option(None, help="Start from the weights of this model file (recon_model.pt) "
@@ -109,9 +112,9 @@ def recon(
         "train": ReconDataConfig(split="train", n_shapes=train_shapes, first_shape=first_shape,
                                  n_random_shapes=random_shapes, with_bone=not no_bone,
                                  views_per_shape=views, protocol=protocol, image_size=image_size, seed=seed,
-                                 scene=scene),
+                                 scene=scene, population=population),
         "val": ReconDataConfig(split="val", n_shapes=val_shapes, views_per_shape=val_views, protocol="seed002",
-                               image_size=image_size, seed=seed + 1, scene=scene),
+                               image_size=image_size, seed=seed + 1, scene=scene, population=population),
     }
     for split, path in paths.items():
         if path.is_file():

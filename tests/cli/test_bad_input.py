@@ -177,6 +177,8 @@ CASES = {
                             "--views"),
     "train recon malicious init": (lambda t: (lambda m: (["train", "recon", "--out", str(t / "out"), "--init",
                                                           str(m)], m))(_malicious_model(t)), "refused"),
+    "train recon on LLP26": (lambda t: (["train", "recon", "--out", str(t / "out"), "--population", "llp26"],
+                                        "LLP26"), "LLP26"),
     "simulate n 0": (lambda t: (["simulate", "--n", "0", "--out", str(t / "out")], "--n"), "--n"),
     "simulate missing CT": (lambda t: (["simulate", "--n", "2", "--ct", str(t / "no_ct.nii"), "--out",
                                         str(t / "out")], t / "no_ct.nii"), "no_ct.nii"),
