@@ -96,6 +96,50 @@ def population_digest(cfg) -> str:
     return hash_inputs(cfg.population, settings)[:8]
 
 
+def load_test_set(space, population: str, split: str, views: int, quick: bool, data_dir,
+                  with_truth_correspondences: bool = False) -> dict:
+    """The simulated test set of ``population`` (``out-of-span`` = ``deformed`` + ``llp26``),
+    simulated into ``data_dir`` on first use: the arrays of every file concatenated
+    (``image``, ``shape_sd``, ``model_to_cam``, ``world_to_cam``, ``K``, ``subject``,
+    ``shape_index`` numbered over all files), and per shape its true vertices
+    (``truth_shapes``, model frame), its phantom's seed (``shape_seed``: the
+    patient's CT is the phantom the X-ray was simulated from) and population."""
+    import h5py
+
+    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset
+
+    populations = ["deformed", "llp26"] if population == "out-of-span" else [population]
+    # poses of the test set: seed 1000; of the validation set: seed 2000 (neither is a training seed)
+    configs = [ReconDataConfig(split=split, views_per_shape=views, protocol="seed002", population=pop,
+                               seed=1000 if split == "test" else 2000, n_shapes=3 if quick else None)
+               for pop in populations]
+    arrays: dict[str, list] = {}
+    out = {"truth_shapes": [], "shape_seed": [], "shape_population": [], "configs": configs}
+    for cfg in configs:
+        pop_tag = "" if cfg.population == "ssm" else f"_{cfg.population}_{population_digest(cfg)}"
+        data_path = Path(data_dir) / f"{split}{pop_tag}_{space.fingerprint}_{views}v{'_quick' if quick else ''}.h5"
+        if not data_path.is_file():
+            log.info("simulating the test set into %s", data_path)
+            generate_dataset(data_path, cfg)
+        keys = ["image", "shape_sd", "model_to_cam", "world_to_cam", "K", "subject", "shape_index"]
+        keys += ["canonical", "mask"] if with_truth_correspondences else []
+        with h5py.File(data_path, "r") as h5:
+            block = {k: h5[k][:] for k in keys}
+            out["spacing"] = tuple(h5.attrs["pixel_spacing_mm"])
+            n_shapes = int(block["shape_index"].max()) + 1
+            first_row = [int(np.flatnonzero(block["shape_index"] == s)[0]) for s in range(n_shapes)]
+            shapes = (h5["shapes"][:].astype(np.float64) if "shapes" in h5
+                      else np.stack([space.instance(block["shape_sd"][r]) for r in first_row]))
+        block["shape_index"] = block["shape_index"] + len(out["truth_shapes"])  # one numbering over all files
+        out["truth_shapes"] += list(shapes)
+        out["shape_seed"] += [cfg.seed * 100003 + s for s in range(n_shapes)]  # generate_dataset's phantom seeds
+        out["shape_population"] += [cfg.population] * n_shapes
+        for k, v in block.items():
+            arrays.setdefault(k, []).append(v)
+    out.update({k: np.concatenate(v) for k, v in arrays.items()})
+    return out
+
+
 def gfr(x, threshold) -> float:
     x = np.asarray(x, np.float64)
     return float(np.mean(~(x <= threshold))) if len(x) else float("nan")  # NaN (failed) counts as failure
@@ -195,7 +239,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.views, args.n_register, args.n_refine, args.n_frames_cases = 1, 4, 1, 1
 
-    import h5py
     from tqdm import tqdm
 
     from xrecon.anatomy.bone import bone_from_labels
@@ -203,7 +246,7 @@ def main(argv=None) -> int:
     from xrecon.api import recon_refine_config, refine_pose
     from xrecon.geometry import Camera
     from shape_models.bundled import load_model
-    from xrecon.methods.recon.data import ReconDataConfig, generate_dataset, model_to_world, phantom_of
+    from xrecon.methods.recon.data import ReconDataConfig, model_to_world, phantom_of
     from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
     from xrecon.methods.recon.pipeline import (reconstruct_from_prediction, reconstruct_image,
                                                register_ct_points)
@@ -213,42 +256,14 @@ def main(argv=None) -> int:
     from xrecon.solve.align3d import umeyama
 
     net, space, info = load_recon_model(args.model)
-    populations = ["deformed", "llp26"] if args.population == "out-of-span" else [args.population]
-    # poses of the test set: seed 1000; of the validation set: seed 2000 (neither is a training seed)
-    data_cfgs = [ReconDataConfig(split=args.split, views_per_shape=args.views, protocol="seed002", population=pop,
-                                 seed=1000 if args.split == "test" else 2000, n_shapes=3 if args.quick else None)
-                 for pop in populations]
-    arrays: dict[str, list] = {}
-    truth_shapes, shape_seed, shape_population = [], [], []  # per shape of all files: truth, phantom seed, source
-    for data_cfg in data_cfgs:
-        pop_tag = "" if data_cfg.population == "ssm" else f"_{data_cfg.population}_{population_digest(data_cfg)}"
-        data_path = Path(args.data) / (f"{args.split}{pop_tag}_{space.fingerprint}_{args.views}v"
-                                       f"{'_quick' if args.quick else ''}.h5")
-        if not data_path.is_file():
-            log.info("simulating the test set into %s", data_path)
-            generate_dataset(data_path, data_cfg)
-        keys = ["image", "shape_sd", "model_to_cam", "world_to_cam", "K", "subject", "shape_index"]
-        keys += ["canonical", "mask"] if args.correspondences == "truth" else []
-        with h5py.File(data_path, "r") as h5:
-            block = {k: h5[k][:] for k in keys}
-            spacing = tuple(h5.attrs["pixel_spacing_mm"])
-            n_shapes = int(block["shape_index"].max()) + 1
-            first_row = [int(np.flatnonzero(block["shape_index"] == s)[0]) for s in range(n_shapes)]
-            shapes = (h5["shapes"][:].astype(np.float64) if "shapes" in h5
-                      else np.stack([space.instance(block["shape_sd"][r]) for r in first_row]))
-        block["shape_index"] = block["shape_index"] + len(truth_shapes)  # one numbering over all files
-        truth_shapes += list(shapes)
-        # the patient's CT is the phantom the X-ray was simulated from: generate_dataset's seed of that shape
-        shape_seed += [data_cfg.seed * 100003 + s for s in range(n_shapes)]
-        shape_population += [data_cfg.population] * n_shapes
-        for k, v in block.items():
-            arrays.setdefault(k, []).append(v)
-    arrays = {k: np.concatenate(v) for k, v in arrays.items()}
-    images, shape_sd, model_to_cam, world_to_cam = (arrays[k] for k in ("image", "shape_sd", "model_to_cam",
-                                                                          "world_to_cam"))
-    K, subject, shape_index = arrays["K"], arrays["subject"], arrays["shape_index"]
+    ts = load_test_set(space, args.population, args.split, args.views, args.quick, args.data,
+                       with_truth_correspondences=args.correspondences == "truth")
+    images, shape_sd, model_to_cam, world_to_cam = ts["image"], ts["shape_sd"], ts["model_to_cam"], ts["world_to_cam"]
+    K, subject, shape_index, spacing = ts["K"], ts["subject"], ts["shape_index"], ts["spacing"]
+    truth_shapes, shape_seed, shape_population = ts["truth_shapes"], ts["shape_seed"], ts["shape_population"]
+    data_cfgs = ts["configs"]
     if args.correspondences == "truth":
-        true_canonical, true_mask = arrays["canonical"], arrays["mask"]
+        true_canonical, true_mask = ts["canonical"], ts["mask"]
     n = len(images)
     size = images.shape[-1]
     m2w = model_to_world(space)
