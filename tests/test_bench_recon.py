@@ -43,3 +43,19 @@ def test_registrations_are_banded_by_the_reconstructions_coverage(bench):
     assert low["mtre_mm"]["median"] == 3.0 and low["gfr10"] == 0.0
     assert mid["mtre_mm"]["n_failed"] == 1 and mid["gfr10"] == 1.0  # 12 mm and a failed registration
     assert high["mtre_mm"]["median"] == 2.5 and high["gfr10"] == 0.0
+
+
+def test_png16_round_trip_is_the_readers_image(load_benchmark, tmp_path):
+    """bench_recon_stability's 16-bit image equals what write_image + read_xray give back."""
+    import numpy as np
+
+    from xrecon.anatomy.xray_io import read_xray, write_image
+
+    stab = load_benchmark("bench_recon_stability")
+    img = np.random.default_rng(0).normal(3.0, 1.0, (16, 16)).astype(np.float32)
+    q = stab.as_png16(img)
+    scaled = (img - img.min()) / (img.max() - img.min())
+    assert np.abs(q - scaled).max() <= 0.5 / 65535 + 1e-7 and q.min() == 0.0 and q.max() == 1.0
+    write_image(tmp_path / "x.png", scaled, bits=16)
+    back, _ = read_xray(tmp_path / "x.png", sdd_mm=1000.0, pixel_spacing_mm=1.0)
+    assert np.array_equal(back, q)
