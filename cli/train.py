@@ -133,7 +133,7 @@ def recon(
     if not no_augment:
         from xrecon.methods.recon.data import XrayAugment
 
-        augment = XrayAugment()
+        augment = XrayAugment(film=scene == "film")  # film-like scenes also get collimation
     cfg = TrainConfig(out_dir=str(out), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       num_workers=workers, num_threads=threads, device=device, time_limit_min=time_limit_min,
                       resume=resume, monitor="loss", warmup_steps=100)

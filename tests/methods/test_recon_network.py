@@ -139,6 +139,9 @@ def test_generated_views_agree_with_their_targets(tmp_path):
     item = ds[1]
     assert item["image"].shape == (1, 32, 32) and 0.0 <= float(item["image"].min()) <= float(item["image"].max()) <= 1.0
     assert torch.equal(item["mask"].bool(), torch.from_numpy(mask[1]))
+    # film-like scenes train with collimation too; the default set without (the shipped recipe)
+    assert XrayAugment().augmenter.config.p_collimate == 0.0 and "DEFAULT_AUGMENT" in XrayAugment().__name__
+    assert XrayAugment(film=True).augmenter.config.p_collimate > 0 and "FILM" in XrayAugment(film=True).__name__
 
 
 def test_out_of_span_dataset_stores_its_true_shapes(tmp_path):

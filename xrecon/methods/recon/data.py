@@ -392,14 +392,15 @@ class ReconH5Dataset(Dataset):
 class XrayAugment:
     """Load-time domain randomisation of one image ``(1, H, W)``: scaled to [0, 1]
     and randomised by :class:`xrecon.sim.augment.Augmenter` (seed 002's inversion,
-    jitter, erasing + gamma, noise, blur)."""
+    jitter, erasing + gamma, noise, blur; ``film=True``: also collimation,
+    :data:`xrecon.sim.augment.FILM_AUGMENT`, for film-like scenes)."""
 
-    __name__ = "xrecon.sim.augment.Augmenter(DEFAULT_AUGMENT)"
+    def __init__(self, film: bool = False):
+        from xrecon.sim.augment import DEFAULT_AUGMENT, FILM_AUGMENT, Augmenter
 
-    def __init__(self):
-        from xrecon.sim.augment import DEFAULT_AUGMENT, Augmenter
-
-        self.augmenter = Augmenter(DEFAULT_AUGMENT)
+        self.augmenter = Augmenter(FILM_AUGMENT if film else DEFAULT_AUGMENT)
+        #: what the run records as its augmentation
+        self.__name__ = f"xrecon.sim.augment.Augmenter({'FILM_AUGMENT' if film else 'DEFAULT_AUGMENT'})"
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         from xrecon.sim.augment import normalise_image
