@@ -75,24 +75,9 @@ def test_resize_scales_k_consistently(tmp_path):
 
 def test_dicom_geometry_from_tags_and_monochrome1(tmp_path):
     mu = _normalised(_line_integrals())
-    path = tmp_path / "xray.dcm"
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.Modality = "DX"
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = H, W
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1"  # low values display bright
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.DistanceSourceToDetector = "1100.5"
-    ds.ImagerPixelSpacing = [0.3, 0.25]  # row, column
-    ds.PixelData = np.round((1 - mu) * 60000).astype(np.uint16).tobytes()
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.save_as(str(path), write_like_original=False)
+    path = _write_dicom(tmp_path / "xray.dcm", np.round((1 - mu) * 60000), DistanceSourceToDetector="1100.5",
+                        ImagerPixelSpacing=[0.3, 0.25],  # row, column
+                        PhotometricInterpretation="MONOCHROME1")  # low values display bright
     img, cam = read_xray(path)
     np.testing.assert_allclose(img, mu, atol=1e-4)
     assert cam.pixel_spacing_mm == (0.25, 0.3)
@@ -145,7 +130,7 @@ def test_camera_json_is_a_valid_sidecar(tmp_path):
         read_xray(tmp_path / "x.png")
 
 
-# ---------------------------------------------------------------------- input boundary (issue 31)
+# ---------------------------------------------------------------------- input boundary
 def _write_dicom(path, pixels: np.ndarray, **tags):
     """A one-frame 16-bit DX DICOM of ``pixels`` (uint16) with the given tags."""
     meta = FileMetaDataset()

@@ -189,14 +189,15 @@ def split_shapes(space_model, cfg: ReconDataConfig) -> tuple[np.ndarray, np.ndar
     return b, subj
 
 
-def dataset_shapes(model, space, cfg: ReconDataConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The shapes of a config: vertices ``(S, V, 3)`` (model frame, mm), coefficients
-    ``(S, K)`` in SD (beyond the span: the least-squares projection onto the model,
-    same frame) and subject ids ``(S,)`` (-1: a random draw; for ``deformed`` the draw
-    index, for ``llp26`` the LLP26 subject)."""
+def dataset_shapes(model, space, cfg: ReconDataConfig) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """The shapes of a config: vertices ``(S, V, 3)`` (model frame, mm; ``None`` in the
+    span, where ``space.instance(coefficients)`` gives them, so thousands of random
+    draws are never held at once), coefficients ``(S, K)`` in SD (beyond the span: the
+    least-squares projection onto the model, same frame) and subject ids ``(S,)`` (-1:
+    a random draw; for ``deformed`` the draw index, for ``llp26`` the LLP26 subject)."""
     if cfg.population == "ssm":
         coeffs, subjects = split_shapes(model, cfg)
-        return np.stack([space.instance(c) for c in coeffs]), coeffs, subjects
+        return None, coeffs, subjects
     if cfg.population == "deformed":
         from shape_models.populations import OutOfSpanPopulation
 
@@ -297,7 +298,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
         d_subj = h5.create_dataset("subject", (n_img,), "i4")
         d_has = h5.create_dataset("has_bone", (n_img,), "u1")
         d_shape = h5.create_dataset("shape_index", (n_img,), "i4")
-        if cfg.population != "ssm":  # in the span, shape_sd gives the truth exactly
+        if shapes is not None:  # in the span, shape_sd gives the truth exactly
             h5.create_dataset("shapes", data=shapes.astype(np.float32), compression="lzf")
         h5.attrs["config"] = json.dumps(dataclasses.asdict(cfg))
         h5.attrs["shape_model"] = cfg.shape_model
@@ -308,7 +309,7 @@ def generate_dataset(out_path: str | Path, cfg: ReconDataConfig, progress: bool 
                               "frame; canonical = points on the mean shape in the model frame")
         row = 0
         for s in tqdm(range(len(coeffs)), desc=f"{cfg.split} shapes", disable=not progress):
-            verts_model = shapes[s]
+            verts_model = space.instance(coeffs[s]) if shapes is None else shapes[s]
             verts_world = verts_model @ m2w[:3, :3].T + m2w[:3, 3]
             ct, _labels = phantom_of(space, verts_model, cfg, seed=cfg.seed * 100003 + s)
             w2c = sample_world_to_cam(cfg.views_per_shape, cfg.protocol, rng, sod_mm)
