@@ -246,7 +246,7 @@ def main(argv=None) -> int:
     from xrecon.api import recon_refine_config, refine_pose
     from xrecon.geometry import Camera
     from shape_models.bundled import load_model
-    from xrecon.methods.recon.data import ReconDataConfig, model_to_world, phantom_of
+    from xrecon.methods.recon.data import ReconDataConfig, phantom_of
     from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
     from xrecon.methods.recon.pipeline import (reconstruct_from_prediction, reconstruct_image,
                                                register_ct_points)
@@ -266,7 +266,6 @@ def main(argv=None) -> int:
         true_canonical, true_mask = ts["canonical"], ts["mask"]
     n = len(images)
     size = images.shape[-1]
-    m2w = model_to_world(space)
     faces = space.faces
     cfg = recon_config(args.overrides + ([] if args.tta_shifts is None else [f"tta_shifts={args.tta_shifts}"]))
     refine_cfg = recon_refine_config()

@@ -1,7 +1,6 @@
 """``xrecon simulate``: a sharded, resumable dataset of simulated X-rays with ground truth."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import typer
