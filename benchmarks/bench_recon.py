@@ -174,8 +174,11 @@ def true_prediction(pred, canonical: np.ndarray, mask: np.ndarray):
 
 def recon_config(overrides: list[str]):
     """The product's :class:`ReconConfig` with ``FIELD=VALUE`` overrides, each value
-    parsed as the field's type (a bad name or value raises ``SystemExit`` naming it)."""
+    parsed as the field's type (a bad name or value raises ``SystemExit`` naming it);
+    ``residual=none`` switches the residual deformation off, ``residual=noise_mm:2,length_mm:30``
+    sets fields of its :class:`ResidualConfig`."""
     from xrecon.methods.recon.pipeline import ReconConfig
+    from xrecon.methods.recon.residual import ResidualConfig
 
     defaults = ReconConfig()
     fields = {f.name for f in dataclasses.fields(ReconConfig)}
@@ -186,7 +189,11 @@ def recon_config(overrides: list[str]):
             raise SystemExit(f"--set {item}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
         current = getattr(defaults, name)
         try:
-            if isinstance(current, bool):
+            if name == "residual":
+                base = ResidualConfig()
+                value = None if text.lower() == "none" else dataclasses.replace(base, **{
+                    k: type(getattr(base, k))(v) for k, v in (p.split(":") for p in text.split(","))})
+            elif isinstance(current, bool):
                 if text.lower() not in ("true", "false", "1", "0"):
                     raise ValueError(text)
                 value = text.lower() in ("true", "1")
@@ -196,7 +203,7 @@ def recon_config(overrides: list[str]):
                 value = None if text.lower() == "none" else float(text)
             else:
                 value = type(current)(text)
-        except ValueError:
+        except (ValueError, TypeError, AttributeError):
             raise SystemExit(f"--set {item}: {text!r} is not a valid value for {name} "
                              f"(default {current!r})") from None
         changes[name] = value

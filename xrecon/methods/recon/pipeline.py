@@ -11,7 +11,10 @@
        pixels) gives ``model_to_cam``;
     4. optionally pose and shape are refined together on the inliers
        (:func:`~xrecon.methods.recon.fit.fit_pose_shape`);
-    5. the posed instance is the reconstruction; a fixed subset of its vertices,
+    5. optionally the shape leaves the model's span where the image supports it: a
+       Gaussian-process posterior of the residual deformation given the inliers'
+       offsets to their rays (:mod:`~xrecon.methods.recon.residual`);
+    6. the posed shape is the reconstruction; a fixed subset of its vertices,
        projected, is the point cloud with image coordinates.
 
 :func:`register_ct_points`
@@ -40,6 +43,7 @@ from xrecon.geometry import Camera
 from xrecon.methods.recon.fit import fit_pose_shape
 from xrecon.methods.recon.network import ReconNet
 from xrecon.methods.recon.predict import DensePrediction, predict_dense
+from xrecon.methods.recon.residual import ResidualConfig, residual_deformation
 from xrecon.methods.recon.shape import ShapeSpace, points_at
 from xrecon.solve.pnp import PnPConfig, intrinsics_matrix, solve_pnp
 
@@ -88,6 +92,9 @@ class ReconConfig:
             (:func:`~xrecon.solve.silhouette.silhouette_pose`); ``"off"``: neither.
         silhouette_max_depth_change: the search range along the optical axis
             (relative distance change).
+        residual: step 5 of :func:`reconstruct_image` (a Gaussian-process residual
+            deformation beyond the shape model's span, :mod:`~xrecon.methods.recon.residual`);
+            ``None`` switches it off.
         silhouette_search: the ``"pose"`` step's search, ``"nelder-mead"`` (the
             default) or ``"powell"`` (the bounded Powell search), the ``method`` of
             :func:`~xrecon.solve.silhouette.silhouette_pose`.
@@ -112,6 +119,7 @@ class ReconConfig:
     silhouette: str = "pose"
     silhouette_max_depth_change: float = 0.08
     silhouette_search: str = "nelder-mead"
+    residual: ResidualConfig | None = ResidualConfig()
     seed: int = 0
 
 
@@ -140,6 +148,9 @@ class Reconstruction:
         timings_s: wall time of each stage.
         mask_prob: ``(h, w)`` the network's bone probability on its own pixel grid
             (the input image resized to the network's size); None when unknown.
+        residual_rms_mm: RMS length of the deformation beyond the shape model's span
+            (``ReconConfig.residual``; 0 when off): ``vertices_model`` is the instance of
+            ``shape_sd`` plus that deformation.
     """
 
     model_to_cam: np.ndarray
@@ -166,6 +177,7 @@ class Reconstruction:
     px_per_net_px: float = 1.0
     coverage: float = float("nan")
     mask_prob: np.ndarray | None = None
+    residual_rms_mm: float = 0.0
 
     @property
     def vertices_cam(self) -> np.ndarray:
@@ -186,7 +198,7 @@ class Reconstruction:
         return {"success": self.success, "reason": self.reason, "confident": self.confident,
                 "notes": list(self.notes), "n_correspondences": int(len(self.inliers)),
                 "n_inliers": int(self.inliers.sum()), "reprojection_error_px": self.reprojection_error_px,
-                "coverage": self.coverage,
+                "coverage": self.coverage, "residual_rms_mm": self.residual_rms_mm,
                 "shape_sd": [round(float(x), 4) for x in self.shape_sd],
                 "shape_sd_network": [round(float(x), 4) for x in self.shape_sd_network],
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
@@ -281,6 +293,15 @@ def _reconstruct(pred: DensePrediction, space: ShapeSpace, camera: Camera, confi
             p_inst = points_at(inst, space.faces, loc)
         else:
             info.append(f"pose+shape refinement skipped: {fit.reason}")
+    residual_rms = 0.0
+    if cfg.residual is not None and inl.sum() >= 12:
+        t3 = time.perf_counter()
+        u, _ = residual_deformation(inst, p_inst[inl], uv[inl], sigma[inl], model_to_cam,
+                                    intrinsics_matrix(camera), cfg.residual)
+        inst = inst + u
+        p_inst = points_at(inst, space.faces, loc)
+        residual_rms = float(np.sqrt((u**2).sum(1).mean()))
+        timings["residual"] = time.perf_counter() - t3
     depth_mm = inst @ model_to_cam[2, :3] + model_to_cam[2, 3]
     if depth_mm.min() <= 0:
         rec = _empty(space, pred, camera, "the solved pose puts the bone behind the X-ray source (an impossible "
@@ -311,7 +332,7 @@ def _reconstruct(pred: DensePrediction, space: ShapeSpace, camera: Camera, confi
     timings["total"] = time.perf_counter() - t0
     return Reconstruction(model_to_cam, b, b_net, inst, space.faces, ids, pts_uv, conf, p_inst, uv, sigma, tri,
                           bary, inl, camera, True, "", not notes, notes + info, reproj, timings, px_per_net_px,
-                          coverage)
+                          coverage, residual_rms_mm=residual_rms)
 
 
 def reconstruct_image(net: ReconNet, space: ShapeSpace, image, camera: Camera,
