@@ -25,9 +25,17 @@ def test_overrides_are_parsed_as_each_fields_type(bench):
     assert bench.recon_config([]) == ReconConfig()
 
 
+def test_the_residual_step_is_switched_off_or_set_field_by_field(bench):
+    assert bench.recon_config(["residual=none"]).residual is None
+    cfg = bench.recon_config(["residual=noise_mm:2,max_points:500"]).residual
+    assert cfg.noise_mm == 2.0 and cfg.max_points == 500 and isinstance(cfg.max_points, int)
+    assert cfg.length_mm == ReconConfig().residual.length_mm  # the rest unchanged
+
+
 @pytest.mark.parametrize("item, words", [("nope=1", "FIELD one of"), ("pnp_max_points", "FIELD=VALUE"),
                                           ("pnp_max_points=abc", "not a valid value"),
-                                          ("refine_shape=maybe", "not a valid value")])
+                                          ("refine_shape=maybe", "not a valid value"),
+                                          ("residual=nope:1", "not a valid value")])
 def test_bad_overrides_name_the_problem(bench, item, words):
     with pytest.raises(SystemExit, match=words):
         bench.recon_config([item])

@@ -229,7 +229,7 @@ def _point_confidence(space: ShapeSpace, ids: np.ndarray, inlier_canonical: np.n
 
 def reconstruct_from_prediction(pred: DensePrediction, space: ShapeSpace, camera: Camera,
                                 config: ReconConfig = ReconConfig()) -> Reconstruction:
-    """Steps 2-5 of the module docstring, from a network read-out."""
+    """Steps 2-6 of the module docstring, from a network read-out."""
     rec = _reconstruct(pred, space, camera, config)
     rec.mask_prob = pred.mask_prob
     return rec
