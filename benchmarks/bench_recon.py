@@ -385,7 +385,8 @@ def main(argv=None) -> int:
                                   if reg.success else float("nan")),
                "true_depth_mm": float((targets @ truth[:3, :3].T + truth[:3, 3])[:, 2].mean()),
                "scale_recon_over_ct": reg.scale, "silhouette_depth_change_mm": reg.silhouette_depth_change_mm,
-               "silhouette_dice": reg.silhouette_dice, "reason": reg.reason, "notes": reg.notes}
+               "silhouette_dice": reg.silhouette_dice, "silhouette_move_mm": reg.silhouette_move_mm,
+               "reason": reg.reason, "notes": reg.notes}
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()
             refined, rinfo = refine_pose(images[i], Camera(K[i], np.eye(4), size, size, spacing),

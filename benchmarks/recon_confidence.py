@@ -62,6 +62,9 @@ def main(argv=None) -> int:
     confident = np.array([bool(r.get("confident")) for r in rows])
     scores = {"coverage": np.array([coverage_of.get(r["index"], np.nan) for r in rows], np.float64),
               "silhouette_dice": np.array([r.get("silhouette_dice", np.nan) for r in rows], np.float64)}
+    if any("silhouette_move_mm" in r for r in rows):  # lower is better: the two cues agree
+        scores["agreement (-silhouette move)"] = -np.array([r.get("silhouette_move_mm", np.nan) for r in rows],
+                                                           np.float64)
     summary = data["summary"]
     out = {"source": str(args.results.relative_to(ROOT) if args.results.is_absolute() else args.results),
            "data": summary.get("data"), "population": summary.get("population", "ssm"),

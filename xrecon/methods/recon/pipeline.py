@@ -391,6 +391,9 @@ class CTRegistration:
         silhouette_depth_change_mm: how far ``ReconConfig.silhouette`` moved the CT's
             centroid along the optical axis (NaN when not used); ``silhouette_dice``
             the overlap of its silhouette with the network's mask after that.
+        silhouette_move_mm: mean distance the silhouette step moved the CT's bone
+            vertices (NaN when not used): how far the two cues, correspondences and
+            mask, disagree.
     """
 
     ct_to_cam: np.ndarray
@@ -406,12 +409,13 @@ class CTRegistration:
     timings_s: dict = field(default_factory=dict)
     silhouette_depth_change_mm: float = float("nan")
     silhouette_dice: float = float("nan")
+    silhouette_move_mm: float = float("nan")
 
     def summary(self) -> dict:
         return {"success": self.success, "reason": self.reason, "confident": self.confident,
                 "notes": list(self.notes), "scale_reconstruction_over_ct": self.scale, "n_used": self.n_used,
                 "silhouette_depth_change_mm": self.silhouette_depth_change_mm,
-                "silhouette_dice": self.silhouette_dice,
+                "silhouette_dice": self.silhouette_dice, "silhouette_move_mm": self.silhouette_move_mm,
                 "reprojection_error_px": self.reprojection_error_px,
                 "surface_residual_mm": self.surface_residual_mm,
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
@@ -494,7 +498,7 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
                               notes + [reason], timings)
     ct_to_cam, ct_to_model = res.ct_to_cam @ ct_to_canon, res.ct_to_model @ ct_to_canon
     n_used = int(res.inliers.sum())
-    sil_dz = sil_dice = float("nan")
+    sil_dz = sil_dice = sil_move = float("nan")
     if config.silhouette != "off":
         # in the CT's principal-axis frame, like every step above: the same numbers whatever frame it came in
         canon_to_cam = res.ct_to_cam
@@ -503,6 +507,8 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
         new_pose, sil_dice, note = _silhouette_refine(canon_to_cam, (verts, ct_mesh[1]), rec, config)
         c = verts.mean(0)
         sil_dz = float((new_pose[2, :3] - canon_to_cam[2, :3]) @ c + new_pose[2, 3] - canon_to_cam[2, 3])
+        sil_move = float(np.linalg.norm(verts @ (new_pose[:3, :3] - canon_to_cam[:3, :3]).T
+                                        + (new_pose[:3, 3] - canon_to_cam[:3, 3]), axis=1).mean())
         ct_to_cam = new_pose @ ct_to_canon
         if note:
             notes.append(note)
@@ -517,7 +523,7 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
         notes.append(f"the reconstruction is {res.scale:.2f} x the CT's size: is it the same bone?")
     return CTRegistration(ct_to_cam, ct_to_model, float(res.scale), n_used, res.reprojection_error_px,
                           res.surface_residual_mm, True, "", rec.confident and not notes[len(rec.notes):], notes,
-                          timings, sil_dz, sil_dice)
+                          timings, sil_dz, sil_dice, sil_move)
 
 
 def _silhouette_refine(ct_to_cam: np.ndarray, ct_mesh: tuple[np.ndarray, np.ndarray], rec: Reconstruction,
