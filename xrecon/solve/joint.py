@@ -449,7 +449,11 @@ def _pose_hypothesis(ct_to_model, p, uv, w, inl, K, ct, normals, tree, cfg: Join
     if cfg.refine and use.sum() >= 6:
         sel = np.flatnonzero(use)
         if sel.size > cfg.max_refine_points:
-            sel = np.sort(np.random.default_rng(cfg.seed).choice(sel, cfg.max_refine_points, replace=False))
+            # a fixed random key per prediction, the lowest keys chosen: a prediction
+            # entering or leaving ``use`` changes at most one point of the subset (a
+            # fresh draw from ``sel`` would change them all)
+            keys = np.random.default_rng(cfg.seed).random(len(p))
+            sel = np.sort(sel[np.argsort(keys[sel], kind="stable")[: cfg.max_refine_points]])
         ct_to_cam, model_to_ct, history = _refine(
             ct_to_cam, model_to_ct, p[sel], uv[sel], np.clip(w[sel], 1e-12, None), K, ct, normals, tree, cfg)
     if not (np.isfinite(ct_to_cam).all() and np.isfinite(model_to_ct).all()):

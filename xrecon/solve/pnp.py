@@ -222,6 +222,9 @@ def _poselib_camera(K: np.ndarray) -> dict:
 
 #: Correspondences used by the polish's early Gauss-Newton steps (the last uses all).
 _POLISH_WARMUP_POINTS = 3000
+#: Further Gauss-Newton steps on all correspondences at most, until a step moves the pose
+#: by under 1e-4 mm and 1e-7 rad.
+_POLISH_EXTRA_STEPS = 8
 
 
 def _rotvec_to_matrix(rotvec: np.ndarray) -> np.ndarray:
@@ -331,7 +334,10 @@ def _polish(T: np.ndarray, p3: np.ndarray, p2: np.ndarray, K: np.ndarray, cfg: P
     of :data:`_POLISH_WARMUP_POINTS`, then ``cfg.final_refine_iterations``
     steps use every point (the Cauchy reweighting needs two full passes to
     settle: one leaves the pose about halfway between the subset's and the
-    full set's optimum). Written out
+    full set's optimum), and up to :data:`_POLISH_EXTRA_STEPS` more until a
+    step is negligible: a pose stopped short of the optimum depends on its
+    RANSAC start, a discrete choice that float noise in the input can flip.
+    Written out
     in numpy (:func:`_gauss_newton_system`, float32) because it is about ten
     times faster per point than the engines' general-purpose refiners (poselib
     ``refine_absolute_pose``, ``cv2.solvePnPRefineLM``), which is what lets the
@@ -361,14 +367,16 @@ def _polish(T: np.ndarray, p3: np.ndarray, p2: np.ndarray, K: np.ndarray, cfg: P
     # one cheap step on the subset brings the pose into the quadratic basin; the
     # reweighting then needs more than one pass over all points to settle
     subset_steps = 0 if warm is None else 1
-    n_iter = subset_steps + max(1, int(cfg.final_refine_iterations))
+    n_min = subset_steps + max(1, int(cfg.final_refine_iterations))
+    # then on to convergence: a pose stopped after a fixed number of steps still
+    # remembers its RANSAC start (a discrete choice), so inputs that differ by
+    # float noise would give poses that differ by more than the noise
+    n_iter = n_min + _POLISH_EXTRA_STEPS
     err = None
     for it in range(n_iter):
-        last = it == n_iter - 1
         if it >= subset_steps:
-            H, g, err_all, n_w = _gauss_newton_system(Tc, P3, O2, K, thr2, scale2, conf, with_errors=last)
-            if last:
-                err = err_all
+            H, g, err_all, n_w = _gauss_newton_system(Tc, P3, O2, K, thr2, scale2, conf, with_errors=True)
+            err = err_all
         else:
             H, g, _, n_w = _gauss_newton_system(Tc, P3[:, warm], O2[:, warm], K, thr2, scale2,
                                                 None if conf is None else conf[warm], with_errors=False)
@@ -383,6 +391,8 @@ def _polish(T: np.ndarray, p3: np.ndarray, p2: np.ndarray, K: np.ndarray, cfg: P
         dR = _rotvec_to_matrix(step[3:])
         Tc[:3, :3] = dR @ Tc[:3, :3]
         Tc[:3, 3] = dR @ Tc[:3, 3] + step[:3]
+        if it + 1 >= n_min and np.abs(step[:3]).max() < 1e-4 and np.abs(step[3:]).max() < 1e-7:
+            break
     T_out = Tc.copy()
     T_out[:3, 3] = Tc[:3, 3] - Tc[:3, :3] @ centre
     if err is not None:
