@@ -167,6 +167,11 @@ def test_the_silhouette_corrects_the_depth_of_biased_correspondences(scene):
         assert abs(reg.silhouette_depth_change_mm - (depth_error(reg) - depth_error(plain))) < 0.5
         err, err0 = float(mtre_mm(reg.ct_to_cam, m2c, inst[::20])[0]), float(mtre_mm(plain.ct_to_cam, m2c, inst[::20])[0])
         assert err < 0.3 * err0, (err, err0)
+        # how far the step moved the CT: the mean displacement of its vertices between the two poses
+        moved = np.linalg.norm(inst @ (reg.ct_to_cam[:3, :3] - plain.ct_to_cam[:3, :3]).T
+                               + reg.ct_to_cam[:3, 3] - plain.ct_to_cam[:3, 3], axis=1).mean()
+        assert abs(reg.silhouette_move_mm - moved) < 0.05 * moved + 0.05, (reg.silhouette_move_mm, moved)
+    assert np.isnan(plain.silhouette_move_mm)
     with pytest.raises(ValueError, match="ct_mesh"):
         register_ct_points(rec, pts, nrm)  # the default needs the mesh
     with pytest.raises(ValueError, match="'off', 'depth' or 'pose'"):

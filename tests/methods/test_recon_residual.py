@@ -3,8 +3,8 @@ synthetic scenes with a known displacement field."""
 import numpy as np
 import pytest
 
-from xrecon.errors import InputError
-from xrecon.methods.recon.residual import ResidualConfig, ray_residuals, residual_deformation
+from xrecon.errors import InputError, ShapeError
+from xrecon.methods.recon.residual import ResidualConfig, _thin, ray_residuals, residual_deformation
 
 K = np.array([[1000.0, 0.0, 64.0], [0.0, 1000.0, 64.0], [0.0, 0.0, 1.0]])
 
@@ -88,10 +88,20 @@ def test_noise_shrinks_the_correction_and_far_vertices_keep_the_model():
     u_tight, _ = residual_deformation(v, v[corr], uv, sig, T, K, ResidualConfig(noise_mm=0.2, sigma_scale=0.0))
     u_loose, _ = residual_deformation(v, v[corr], uv, sig, T, K, ResidualConfig(noise_mm=20.0, sigma_scale=0.0))
     assert np.linalg.norm(u_loose, axis=1).mean() < 0.5 * np.linalg.norm(u_tight, axis=1).mean()
-    # a vertex far (many length scales) from every correspondence is not moved
-    far = np.array([[2000.0, 0.0, 0.0]])
-    u_far, _ = residual_deformation(far, v[corr], uv, sig, T, K)
-    assert np.abs(u_far).max() < 1e-6
+    # the correction fades with the distance from the evidence: vertices 2-3 length
+    # scales (40-60 mm) outside the cloud move far less than those on it
+    u_on, _ = residual_deformation(v, v[corr], uv, sig, T, K)
+    outside = v[:200] / np.linalg.norm(v[:200], axis=1, keepdims=True) * (np.linalg.norm(v[:200], axis=1,
+                                                                                      keepdims=True) + 50.0)
+    u_out, _ = residual_deformation(outside, v[corr], uv, sig, T, K)
+    assert np.linalg.norm(u_out, axis=1).mean() < 0.25 * np.linalg.norm(u_on[:200], axis=1).mean()
+
+
+def test_thinning_keeps_the_most_confident_point_of_each_cell():
+    pts = np.array([[0.1, 0.1, 0.1], [0.2, 0.2, 0.2], [5.1, 0.0, 0.0], [5.2, 0.1, 0.0], [10.5, 0.0, 0.0]])
+    score = np.array([1.0, 3.0, 2.0, 0.5, 0.1])
+    assert _thin(pts, score, 4.0, 10).tolist() == [1, 2, 4]  # one per 4 mm cube, the best of each
+    assert _thin(pts, score, 4.0, 2).tolist() == [1, 2]  # then the best ones up to max_points
 
 
 def test_bad_settings_and_shapes_refused():
@@ -100,5 +110,5 @@ def test_bad_settings_and_shapes_refused():
     with pytest.raises(InputError, match="not both 0"):
         ResidualConfig(noise_mm=0, sigma_scale=0)
     v, T, corr = _scene()
-    with pytest.raises(Exception, match="uv"):
+    with pytest.raises(ShapeError, match="uv"):
         residual_deformation(v, v[corr], np.zeros((3, 2)), np.ones(len(corr)), T, K)
