@@ -55,6 +55,7 @@ def shape_errors(net, space, ts, ids, configs, progress_desc: str) -> dict:
     are computed once (the residual only adds a deformation on top)."""
     from tqdm import tqdm
 
+    from xrecon.errors import InputError
     from xrecon.geometry import Camera
     from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image
     from xrecon.methods.recon.residual import residual_deformation
@@ -67,7 +68,10 @@ def shape_errors(net, space, ts, ids, configs, progress_desc: str) -> dict:
     out = {"index": [], "population": [], "errors": [[] for _ in configs]}
     for i in tqdm(ids, desc=progress_desc):
         cam = Camera(ts["K"][i], np.eye(4), size, size, ts["spacing"])
-        rec = reconstruct_image(net, space, ts["image"][i], cam, ReconConfig(residual=None))
+        try:
+            rec = reconstruct_image(net, space, ts["image"][i], cam, ReconConfig(residual=None))
+        except InputError:  # a view that misses the volume: a constant image
+            continue
         if not rec.success or rec.inliers.sum() < 12:
             continue
         truth = ts["truth_shapes"][ts["shape_index"][i]]
