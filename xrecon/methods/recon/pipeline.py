@@ -148,6 +148,8 @@ class Reconstruction:
         timings_s: wall time of each stage.
         mask_prob: ``(h, w)`` the network's bone probability on its own pixel grid
             (the input image resized to the network's size); None when unknown.
+        reprojection_error_px: mean reprojection error of the inliers after the pose +
+            shape fit (before the residual step, which moves the points toward their rays).
         residual_rms_mm: RMS length of the deformation beyond the shape model's span
             (``ReconConfig.residual``; 0 when off): ``vertices_model`` is the instance of
             ``shape_sd`` plus that deformation.
