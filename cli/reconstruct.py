@@ -1,8 +1,9 @@
-"""``xrecon reconstruct``: the bone's shape and pose from one X-ray."""
+"""``xrecon reconstruct``: the bone's shape and pose from one X-ray, or from several
+whose cameras share one world frame."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -11,9 +12,11 @@ from xrecon.cli.common import check_inputs_exist, check_output_folder, handle_er
 
 @handle_errors
 def reconstruct(
-    image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM), bone bright or dark."),
-    camera: Optional[Path] = typer.Option(None, "--camera", help="Camera JSON (intrinsics; default: the image's "
-                                                                  "sidecar <image>.json)."),
+    image: List[Path] = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM), bone bright or dark; several "
+                                                  "images: views of one bone, cameras in one shared world frame."),
+    camera: Optional[List[Path]] = typer.Option(None, "--camera", help="Camera JSON (intrinsics; default: the "
+                                                "image's sidecar <image>.json); several images: one --camera per "
+                                                "image, in the same order, each with its world_to_cam."),
     sdd: Optional[float] = typer.Option(None, "--sdd", callback=positive, help="Source-to-detector distance (mm), without --camera."),
     pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", callback=positive, help="Detector pixel size (mm)."),
     out: Path = typer.Option(Path("out/reconstruct"), "--out", help="Output folder."),
@@ -25,11 +28,37 @@ def reconstruct(
     Writes OUT/reconstruction_cam.ply/.stl (posed mesh, camera frame), OUT/points.csv
     and points_cam.ply (points with image coordinates and confidence), OUT/pose.json
     (model_to_cam, shape, confidence) and OUT/overlay.png.
+
+    Several X-rays of one bone (cameras in one shared world frame, each camera JSON
+    with its world_to_cam): one joint solve; writes OUT/reconstruction_world.ply/.stl
+    (world frame), points.csv, points_world.ply, pose.json (model_to_world, each
+    view's model_to_cam and what it contributed) and overlay_<i>.png per view.
     """
     check_output_folder(out)
-    check_inputs_exist(image, camera, model)
+    check_inputs_exist(*image, *(camera or []), model)
     from xrecon import api
     from xrecon.errors import InputError
+
+    if len(image) > 1 or len(camera or []) > 1:
+        imgs, cams = api.load_views(image, camera or None, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
+        from xrecon.methods.recon.outputs_multiview import write_multiview_reconstruction  # heavy: after the inputs
+        from xrecon.methods.recon.pipeline import ReconConfig
+
+        mrec = api.reconstruct(imgs, cameras=cams, model=model, config=ReconConfig(refine_shape=not no_shape_fit))
+        if not mrec.success:
+            raise InputError(f"no reconstruction from the {len(image)} X-rays: {mrec.reason}")
+        _net, space, info = api._load_model(None if model is None else str(model))
+        files = write_multiview_reconstruction(out, mrec, imgs, space.name, {"file": str(model or "shipped default"),
+                                                                             "command": info.get("command")},
+                                               sources=[str(p) for p in image])
+        typer.echo(f"reconstruction from {len(image)} views: "
+                   f"{'confident' if mrec.confident else 'LOW CONFIDENCE: ' + '; '.join(mrec.notes)}")
+        for r in mrec.reports:
+            typer.echo(f"view {r.index} ({image[r.index]}): {r.status}" + (f" ({r.reason})" if r.reason else ""))
+        for f in files:
+            typer.echo(f"wrote {f}")
+        return
+    image, camera = image[0], (camera[0] if camera else None)
 
     img, cam = api.load_xray(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
     from xrecon.methods.recon.outputs import write_reconstruction  # heavy: after the input is read

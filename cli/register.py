@@ -1,8 +1,9 @@
-"""``xrecon register``: pose a CT in the camera of one X-ray."""
+"""``xrecon register``: pose a CT in the camera of one X-ray, or in the shared
+world frame of several."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -11,7 +12,8 @@ from xrecon.cli.common import check_inputs_exist, check_output_folder, handle_er
 
 @handle_errors
 def register(
-    image: Path = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM)."),
+    image: List[Path] = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM); several images: views of one "
+                                                  "bone, cameras in one shared world frame."),
     ct: Path = typer.Option(..., "--ct", help="CT volume (NIfTI / NRRD / MHA / DICOM folder), any frame."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the CT grid (default: bone by "
                                                                   "HU threshold)."),
@@ -19,7 +21,9 @@ def register(
                                               "'totalsegmentator', or a JSON / CSV file of id -> name."),
     structures: Optional[str] = typer.Option(None, "--structures", help="Labels to use: names, ids or groups, "
                                                                          "comma-separated (needs --labels)."),
-    camera: Optional[Path] = typer.Option(None, "--camera", help="Camera JSON (default: the image's sidecar)."),
+    camera: Optional[List[Path]] = typer.Option(None, "--camera", help="Camera JSON (default: the image's "
+                                                "sidecar); several images: one --camera per image, in the same "
+                                                "order, each with its world_to_cam."),
     sdd: Optional[float] = typer.Option(None, "--sdd", callback=positive, help="Source-to-detector distance (mm), without --camera."),
     pixel_spacing: Optional[float] = typer.Option(None, "--pixel-spacing", callback=positive, help="Detector pixel size (mm)."),
     refine: bool = typer.Option(False, "--refine", help="Refine the pose by intensity (DRR vs X-ray)."),
@@ -33,10 +37,46 @@ def register(
 
     Writes OUT/registration.json (ct_to_cam, and ct_to_cam_refined with --refine),
     OUT/ct_bone_cam.ply and OUT/overlay.png (CT bone outline on the X-ray).
+
+    Several X-rays (cameras in one shared world frame): OUT/registration.json
+    (ct_to_world and each view's ct_to_cam), OUT/ct_bone_world.ply and
+    OUT/overlay_<i>.png per view (no --refine, no --model scr yet).
     """
     check_output_folder(out)
-    check_inputs_exist(image, ct, labels, camera, model)
+    check_inputs_exist(*image, ct, labels, *(camera or []), model)
     from xrecon import api
+
+    if len(image) > 1 or len(camera or []) > 1:
+        from xrecon.errors import InputError
+
+        if api.model_kind(model) == "scr":
+            raise InputError("a patient-specific SCR model registers one X-ray at a time", model)
+        if refine:
+            raise InputError("--refine (intensity refinement) over several X-rays is not available yet: register "
+                             "without it, or refine one view at a time")
+        api.load_views(image, camera or None, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)  # refuse bad views first
+        result = api.register(image, camera or None, ct, labels=labels, structures=structures, sdd_mm=sdd,
+                              pixel_spacing_mm=pixel_spacing, model=model, label_names=label_names)
+        if not result.success:
+            if not result.reconstruction.success:
+                raise InputError(f"no reconstruction to register the CT to: {result.reconstruction.reason}")
+            raise InputError(f"the CT's bone ({result.bone.source}) could not be registered to the bone "
+                             f"reconstructed from the {len(image)} X-rays: {result.registration.reason}", ct)
+        from xrecon.methods.recon.outputs_multiview import write_multiview_registration
+
+        _net, _space, info = api._load_model(None if model is None else str(model))
+        files = write_multiview_registration(out, result, {"file": str(model or "shipped default"),
+                                                           "command": info.get("command")},
+                                             sources=[str(p) for p in image])
+        reg = result.registration
+        typer.echo(f"registration from {len(image)} views: "
+                   f"{'confident' if reg.confident else 'LOW CONFIDENCE: ' + '; '.join(reg.notes)}")
+        for r in result.reconstruction.reports:
+            typer.echo(f"view {r.index} ({image[r.index]}): {r.status}" + (f" ({r.reason})" if r.reason else ""))
+        for f in files:
+            typer.echo(f"wrote {f}")
+        return
+    image, camera = image[0], (camera[0] if camera else None)
 
     if api.model_kind(model) == "scr":
         from xrecon.anatomy.ct_io import read_ct

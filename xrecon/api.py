@@ -5,6 +5,11 @@
 * :func:`register` -- one X-ray and a CT of the same bone in, the CT-to-camera
   pose out (the CT may be in any frame: any rotation, origin, LPS or RAS).
 
+Both take a list of X-rays and one camera per X-ray, the cameras in one shared
+world frame (each with its ``world_to_cam``): one joint solve over every view
+(:mod:`xrecon.methods.recon.multiview`, docs/multiview.md), checked by
+:func:`load_views`. A list of one X-ray is the single-view call.
+
 Frames: the camera is OpenCV's (:mod:`xrecon.geometry`); the CT's frame is its
 own world frame as read (RAS+ mm; files stored LPS are converted on reading,
 so poses are ``ct_ras_to_cam``); the reconstruction's ``model`` frame is the
@@ -96,23 +101,116 @@ def model_kind(path: str | Path | None) -> str:
     return kinds[fmt]
 
 
-def reconstruct(image, camera=None, *, sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
-                model: str | Path | None = None, config=None):
-    """Recover the bone's shape and pose from one X-ray.
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _several(image) -> bool:
+    return isinstance(image, (list, tuple)) and len(image) > 1
+
+
+def _one(image, camera, cameras):
+    """The single-view arguments of a call given a list of one image (or none)."""
+    if isinstance(image, (list, tuple)):
+        cams = cameras if cameras is not None else camera
+        if cams is not None and not isinstance(cams, (list, tuple)):
+            cams = [cams]
+        if cams is not None and len(cams) != len(image):
+            raise InputError(f"{_count(len(image), 'image')} but {_count(len(cams), 'camera')}: give one camera "
+                             "per image, in the same order")
+        return image[0], (None if cams is None else cams[0])
+    return image, (camera if cameras is None else _one([image], None, cameras)[1])
+
+
+def load_views(images, cameras=None, *, sdd_mm: float | None = None,
+               pixel_spacing_mm: float | None = None) -> tuple[list[np.ndarray], list[Camera]]:
+    """Several X-rays and their cameras, the cameras in one shared world frame.
 
     Args:
-        image: X-ray file or ``(H, W)`` array (bone bright or dark; any intensity scale).
-        camera: :class:`Camera`, camera JSON path, or ``None`` (see :func:`load_xray`).
+        images: a list of X-ray files or ``(H, W)`` arrays.
+        cameras: one per image, in the same order (:class:`Camera` objects or camera
+            JSON paths, each with a ``world_to_cam``), or ``None``: each image's own
+            sidecar ``<image>.json``, which must then give ``world_to_cam``.
+        sdd_mm, pixel_spacing_mm: detector geometry overrides for every view.
+
+    Raises :class:`InputError`, naming the file, when the counts differ, a camera
+    JSON has no ``world_to_cam`` (the views' poses must be known in one frame),
+    two views have the same pose, or the images differ in size.
+    """
+    from xrecon.anatomy.xray_io import sidecar_candidates
+    from xrecon.geometry.camera import parse_camera_json, read_camera_json
+
+    images = list(images)
+    if not images:
+        raise InputError("no image given")
+    if cameras is not None and not isinstance(cameras, (list, tuple)):
+        cameras = [cameras]
+    cams = [None] * len(images) if cameras is None else list(cameras)
+    if len(cams) != len(images):
+        raise InputError(f"{_count(len(images), 'image')} but {_count(len(cams), 'camera')}: give one camera per "
+                         "image, in the same order (CLI: one --camera per IMAGE)")
+    frame_problem = ("gives no 'world_to_cam': with several X-rays every camera's pose must be known in one "
+                     "shared world frame (a calibrated biplanar system, encoded C-arm angles)")
+    for img, cam in zip(images, cams):  # cheap checks first: nothing is decoded before every camera is known
+        if cam is None or isinstance(cam, (str, Path)):
+            src = Path(cam) if cam is not None else None
+            if src is None and isinstance(img, (str, Path)):
+                src = next((p for p in sidecar_candidates(img) if p.is_file()), None)
+            if src is None:
+                raise InputError("no camera JSON for this image: with several X-rays each needs one with "
+                                 "'world_to_cam' (--camera, or a sidecar <image>.json)",
+                                 img if isinstance(img, (str, Path)) else None)
+            if parse_camera_json(read_camera_json(src), src).get("world_to_cam") is None:
+                raise InputError(f"camera JSON {frame_problem}", src)
+    loaded = [load_xray(img, cam, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm) for img, cam in zip(images, cams)]
+    names = [str(img) if isinstance(img, (str, Path)) else f"image {i}" for i, img in enumerate(images)]
+    h0, w0 = loaded[0][0].shape
+    for i, (img, cam) in enumerate(loaded):
+        if img.shape != (h0, w0):
+            raise InputError(f"the X-rays differ in size: {names[0]} is {h0}x{w0} px, this one "
+                             f"{img.shape[0]}x{img.shape[1]}: several views must share one detector size",
+                             images[i] if isinstance(images[i], (str, Path)) else None)
+        for j in range(i):
+            if np.allclose(cam.world_to_cam[0].numpy(), loaded[j][1].world_to_cam[0].numpy(), atol=1e-6):
+                raise InputError(f"its camera has the same world_to_cam as {names[j]}'s: two views from one "
+                                 "pose add no depth (is a camera's pose missing or copied?)",
+                                 images[i] if isinstance(images[i], (str, Path)) else None)
+    return [x[0] for x in loaded], [x[1] for x in loaded]
+
+
+def reconstruct(image, camera=None, *, cameras=None, sdd_mm: float | None = None,
+                pixel_spacing_mm: float | None = None, model: str | Path | None = None, config=None,
+                multiview_config=None):
+    """Recover the bone's shape and pose from one X-ray, or from several whose
+    cameras share one world frame.
+
+    Args:
+        image: X-ray file or ``(H, W)`` array (bone bright or dark; any intensity
+            scale), or a list of them (one bone, several views).
+        camera: :class:`Camera`, camera JSON path, or ``None`` (see :func:`load_xray`);
+            with several images a list, one per image (or pass ``cameras=``), each
+            with its ``world_to_cam`` (:func:`load_views`).
         model: reconstruction model file (default: the shipped
             ``xrecon/weights/recon_default.pt``).
         config: :class:`xrecon.methods.recon.pipeline.ReconConfig`.
+        multiview_config: :class:`xrecon.methods.recon.multiview.MultiViewConfig` (several views).
 
     Returns:
         :class:`xrecon.methods.recon.pipeline.Reconstruction` (``success``,
-        ``confident`` and ``notes`` say how far to trust it).
+        ``confident`` and ``notes`` say how far to trust it); with several images a
+        :class:`xrecon.methods.recon.multiview.MultiViewReconstruction` (world frame).
     """
     from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image
 
+    if _several(image):
+        imgs, cams = load_views(image, cameras if cameras is not None else camera, sdd_mm=sdd_mm,
+                                pixel_spacing_mm=pixel_spacing_mm)
+        from xrecon.methods.recon.multiview import MultiViewConfig, reconstruct_images
+
+        net, space, _info = _load_model(None if model is None else str(model))
+        return reconstruct_images(net, space, imgs, cams, config or ReconConfig(),
+                                  multiview_config or MultiViewConfig())
+    image, camera = _one(image, camera, cameras)
     img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     net, space, _info = _load_model(None if model is None else str(model))
     return reconstruct_image(net, space, img, cam, config or ReconConfig())
@@ -176,14 +274,44 @@ def ct_bone(ct, labels=None, structures=None, *, threshold_hu: float | None = No
     return bone_mod.bone_from_threshold(ct, **kw)
 
 
-def register(image, camera, ct, labels=None, structures=None, refine: bool = False, *,
+@dataclass
+class MultiViewRegistration:
+    """Result of :func:`register` given several X-rays (cameras in one world frame).
+
+    Attributes:
+        ct_to_world: ``(4, 4)`` CT (RAS+ world of the file) to the cameras' shared world frame.
+        ct_to_cam: one ``(4, 4)`` per view, ``world_to_cam_i @ ct_to_world``.
+        reconstruction: the :class:`~xrecon.methods.recon.multiview.MultiViewReconstruction`.
+        registration: the :class:`~xrecon.methods.recon.multiview.MultiViewCTRegistration` diagnostics.
+        bone: the CT's bone surface used (CT frame); cameras, images: the views.
+        ct_source: the CT the pose is of.
+    """
+
+    ct_to_world: np.ndarray
+    ct_to_cam: list
+    reconstruction: object
+    registration: object
+    bone: object
+    cameras: list
+    images: list
+    ct_source: str = ""
+
+    @property
+    def success(self) -> bool:
+        return bool(self.registration.success)
+
+
+def register(image, camera, ct, labels=None, structures=None, refine: bool = False, *, cameras=None,
              sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
              model: str | Path | None = None, config=None, threshold_hu: float | None = None,
-             refine_config=None, label_names=None) -> Registration:
-    """Register a CT to one X-ray through the patient-wide reconstruction.
+             refine_config=None, label_names=None, multiview_config=None):
+    """Register a CT to one X-ray through the patient-wide reconstruction, or to
+    several X-rays whose cameras share one world frame.
 
     Args:
-        image, camera, sdd_mm, pixel_spacing_mm: the X-ray (see :func:`load_xray`).
+        image, camera, sdd_mm, pixel_spacing_mm: the X-ray (see :func:`load_xray`); or
+            a list of X-rays and a list of cameras (or ``cameras=``), each with its
+            ``world_to_cam`` (:func:`load_views`): returns a :class:`MultiViewRegistration`.
         ct: CT path (NIfTI / NRRD / DICOM folder) or :class:`~xrecon.anatomy.volume.Volume`.
         labels: label map (path or Volume) on the CT grid; ``structures`` picks labels.
         refine: also refine the pose by intensity (DRR of the CT against the X-ray).
@@ -197,6 +325,25 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
     from xrecon.anatomy.ct_io import read_ct
     from xrecon.anatomy.volume import Volume
 
+    if _several(image):
+        if refine:
+            raise InputError("intensity refinement over several X-rays is not available yet: register without "
+                             "refine (--refine), or refine one view at a time")
+        imgs, cams = load_views(image, cameras if cameras is not None else camera, sdd_mm=sdd_mm,
+                                pixel_spacing_mm=pixel_spacing_mm)
+        ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
+        from xrecon.methods.recon.multiview import MultiViewConfig, reconstruct_images, register_ct_views
+        from xrecon.methods.recon.pipeline import ReconConfig
+
+        cfg = config or ReconConfig()
+        bone = ct_bone(ct_vol, labels, structures, threshold_hu=threshold_hu, label_names=label_names)
+        net, space, _info = _load_model(None if model is None else str(model))
+        mrec = reconstruct_images(net, space, imgs, cams, cfg, multiview_config or MultiViewConfig())
+        pts, nrm = bone.sample_points(30000, seed=cfg.seed)
+        reg = register_ct_views(mrec, pts, nrm, cfg, ct_mesh=(bone.vertices, bone.faces))
+        return MultiViewRegistration(reg.ct_to_world, reg.ct_to_cam, mrec, reg, bone, cams, imgs,
+                                     str(ct_vol.source))
+    image, camera = _one(image, camera, cameras)
     img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
     from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points  # inputs read first

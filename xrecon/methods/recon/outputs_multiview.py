@@ -1,0 +1,113 @@
+"""Files written by ``xrecon reconstruct`` and ``xrecon register`` given several
+X-rays whose cameras share one world frame (one X-ray: :mod:`~xrecon.methods.recon.outputs`).
+
+Staged like the single-view outputs (:func:`~xrecon.methods.recon.outputs.staged_output`):
+a failed run leaves nothing behind.
+
+``reconstruct`` writes:
+    ``reconstruction_world.ply`` / ``.stl``  the posed mesh in the cameras' shared
+                        world frame, mm (each with a ``.json`` sidecar naming the frame);
+    ``points.csv``      N points: vertex id, world and model xyz (mm), then
+                        ``u_<i>, v_<i>`` (px) in every view ``i``, confidence;
+    ``points_world.ply`` the same points (world frame) with ``confidence`` and ``vertex_id``;
+    ``pose.json``       ``{"from_frame": model, "to_frame": world, "matrix": model_to_world}``
+                        plus each view's ``model_to_cam``, camera (with its ``world_to_cam``),
+                        what each view contributed (used / down-weighted / refused, why),
+                        shape coefficients, confidence and notes;
+    ``overlay_<i>.png`` view ``i``: the reconstruction's outline (green) and its inlier
+                        pixels (cyan; none for a refused view).
+``register`` writes:
+    ``registration.json``  ``{"from_frame": ct, "to_frame": world, "matrix": ct_to_world}``
+                        plus ``ct_to_cam`` of every view (``ct_to_cam[i] = world_to_cam_i @
+                        ct_to_world``), the cameras, confidence and diagnostics;
+    ``ct_bone_world.ply``  the CT's bone surface posed in the world frame;
+    ``overlay_<i>.png`` the CT bone's outline (green) in view ``i``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xrecon.errors import InputError
+from xrecon.methods.recon.outputs import MODEL_FRAME, _write_mesh, ct_frame, staged_output
+from xrecon.methods.recon.overlay import CYAN, GREEN, OVERLAY_MAX_SIDE, draw_overlay, save_png, silhouette
+
+WORLD_FRAME = ("world: the X-ray cameras' shared frame (the frame of every camera's world_to_cam; for xrecon's "
+               "simulations patient RAS+), mm")
+CAMERA_FRAME_I = ("camera of view {i}: OpenCV pinhole, X-ray source at the origin, +z toward the detector, +x image "
+                  "right, +y image down, mm")
+
+
+def _camera_dict(camera, i: int) -> dict:
+    d = camera.to_dict(0, frame="world (the cameras' shared frame)")
+    d["view"] = i
+    return d
+
+
+def _views(cameras, images_named=None) -> list[dict]:
+    return [{"view": i, "source": (images_named[i] if images_named else None), "camera": _camera_dict(c, i)}
+            for i, c in enumerate(cameras)]
+
+
+def write_multiview_reconstruction(out_dir: str | Path, mrec, images: list[np.ndarray], space_name: str,
+                                   model_info: dict | None = None, sources: list[str] | None = None) -> list[Path]:
+    """Write the several-view ``reconstruct`` outputs (module docstring); returns the final paths.
+    ``sources`` names each view's image file."""
+    if not mrec.success:
+        raise InputError(f"no reconstruction: {mrec.reason}")
+    from xrecon.anatomy.mesh_io import write_points, write_pose
+
+    with staged_output(out_dir) as stage:
+        v_world = mrec.vertices_world
+        src = f"xrecon reconstruct, {mrec.n_views} views ({space_name} shape model)"
+        _write_mesh(stage / "reconstruction_world.ply", v_world, mrec.faces, WORLD_FRAME, src)
+        _write_mesh(stage / "reconstruction_world.stl", v_world, mrec.faces, WORLD_FRAME, src)
+        pw, pm = mrec.points_world, mrec.vertices_model[mrec.point_ids]
+        uv = np.concatenate([mrec.points_uv[i] for i in range(mrec.n_views)], axis=1)
+        table = np.column_stack([mrec.point_ids, pw, pm, uv, mrec.points_confidence])
+        header = ",".join(["vertex_id", "x_world_mm", "y_world_mm", "z_world_mm", "x_model_mm", "y_model_mm",
+                           "z_model_mm"] + [f"{a}_{i}_px" for i in range(mrec.n_views) for a in ("u", "v")]
+                          + ["confidence"])
+        np.savetxt(stage / "points.csv", table, delimiter=",", header=header, comments="",
+                   fmt=["%d"] + ["%.3f"] * (table.shape[1] - 1))
+        write_points(stage / "points_world.ply", pw, {"confidence": mrec.points_confidence,
+                                                      "vertex_id": mrec.point_ids.astype(np.int32)},
+                     frame=WORLD_FRAME)
+        write_pose(stage / "pose.json", mrec.model_to_world, MODEL_FRAME, WORLD_FRAME,
+                   model_to_cam=[{"view": i, "to_frame": CAMERA_FRAME_I.format(i=i), "matrix": mrec.model_to_cam(i)}
+                                 for i in range(mrec.n_views)],
+                   views=_views(mrec.cameras, sources), shape_model=space_name, **mrec.summary(),
+                   model=model_info or {})
+        for i, (img, cam) in enumerate(zip(images, mrec.cameras)):
+            mask = silhouette(mrec.vertices_cam(i), mrec.faces, cam.with_pose(np.eye(4)), max_side=OVERLAY_MAX_SIDE)
+            v = mrec.views[i]
+            save_png(draw_overlay(img, [(mask, GREEN)], [(v.corr_uv[mrec.inliers[i]], CYAN)]),
+                     stage / f"overlay_{i}.png")
+        names = [f.name for f in stage.iterdir()]
+    return [Path(out_dir) / n for n in sorted(names)]
+
+
+def write_multiview_registration(out_dir: str | Path, result, model_info: dict | None = None,
+                                 sources: list[str] | None = None) -> list[Path]:
+    """Write the several-view ``register`` outputs of an :class:`xrecon.api.MultiViewRegistration`."""
+    if not result.success:
+        raise InputError(f"registration failed: {result.registration.reason}")
+    from xrecon.anatomy.mesh_io import write_pose
+
+    reg, mrec, bone = result.registration, result.reconstruction, result.bone
+    with staged_output(out_dir) as stage:
+        write_pose(stage / "registration.json", reg.ct_to_world, ct_frame(result), WORLD_FRAME,
+                   matrix_is="ct_to_world",
+                   ct_to_cam=[{"view": i, "from_frame": "ct (as above)", "to_frame": CAMERA_FRAME_I.format(i=i),
+                               "matrix": reg.ct_to_cam[i]} for i in range(mrec.n_views)],
+                   views=_views(mrec.cameras, sources), ct_bone=bone.source, success=bool(reg.success),
+                   confident=bool(reg.confident), notes=list(reg.notes), registration=reg.summary(),
+                   reconstruction=mrec.summary(), model_to_world=mrec.model_to_world, model=model_info or {})
+        posed = bone.vertices @ reg.ct_to_world[:3, :3].T + reg.ct_to_world[:3, 3]
+        _write_mesh(stage / "ct_bone_world.ply", posed, bone.faces, WORLD_FRAME, f"CT bone surface of {bone.source}")
+        for i, (img, cam) in enumerate(zip(result.images, mrec.cameras)):
+            mask = silhouette(posed, bone.faces, cam, max_side=OVERLAY_MAX_SIDE)  # cam carries world_to_cam
+            save_png(draw_overlay(img, [(mask, GREEN)]), stage / f"overlay_{i}.png")
+        names = [f.name for f in stage.iterdir()]
+    return [Path(out_dir) / n for n in sorted(names)]
