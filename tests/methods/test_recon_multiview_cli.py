@@ -116,3 +116,63 @@ def test_a_sidecar_without_world_to_cam_is_named(tmp_path):
         api.load_views([a, b])
     imgs, cams = api.load_views([a, b], [ca, _view(tmp_path, "c", _pose(60.0))[1]])
     assert len(imgs) == 2 and np.allclose(cams[1].world_to_cam[0].numpy(), _pose(60.0))
+
+
+@pytest.mark.slow
+def test_two_rendered_views_of_the_example_reconstruct_and_register(tmp_path):
+    """Integration: two DRRs of the example CT 60 deg apart (cameras in the CT's own frame,
+    which is then the shared world frame), through both commands; the CT's pose in that
+    world is the identity."""
+    import torch
+
+    from xrecon.anatomy.bone import bone_from_labels
+    from xrecon.anatomy.ct_io import read_ct, read_labels
+    from xrecon.anatomy.xray_io import write_image
+    from xrecon.methods.recon.data import ReconDataConfig, model_to_world
+    from xrecon.methods.recon.shape import ShapeSpace
+    from xrecon.metrics.registration import mtre_mm
+    from xrecon.sim.drr import DrrRenderer
+    from xrecon.sim.poses import carm_pose
+
+    torch.set_num_threads(1)
+    truth = json.loads((EXAMPLES / "pelvis_truth.json").read_text())
+    space = ShapeSpace.bundled("pelvis")
+    m2w = model_to_world(space)
+    # patient frame (RAS, the simulator's) -> camera of the example, and the CT's frame -> patient
+    patient_to_cam = np.asarray(truth["model_to_cam"]) @ np.linalg.inv(m2w)
+    ct_to_patient = np.linalg.inv(patient_to_cam) @ np.asarray(truth["ct_to_cam"])
+    cfg = ReconDataConfig(split="test")
+    camera = cfg.camera()
+    patient_to_cams = carm_pose(torch.tensor([[0.0, 0.0, 0.0]]), torch.tensor([-30.0, 30.0]), torch.zeros(1),
+                                torch.zeros(1), torch.tensor([765.0])).numpy()
+    ct = read_ct(EXAMPLES / "pelvis_ct.nii.gz")
+    renderer = DrrRenderer(ct, camera, spacing_mm=2.0, n_samples=128)
+    views = []
+    for i, p2c in enumerate(patient_to_cams):
+        w2c = p2c @ ct_to_patient  # world = the CT's frame
+        with torch.no_grad():
+            img = renderer(torch.as_tensor(w2c[None], dtype=torch.float32))[0].numpy()
+        write_image(tmp_path / f"v{i}.png", (img - img.min()) / (img.max() - img.min()), bits=16)
+        camera.with_pose(torch.as_tensor(w2c)).save(tmp_path / f"v{i}_camera.json")
+        views += [str(tmp_path / f"v{i}.png")]
+    cams = sum([["--camera", str(tmp_path / f"v{i}_camera.json")] for i in range(2)], [])
+    out = tmp_path / "recon"
+    res = runner.invoke(app, ["reconstruct", *views, *cams, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert {"reconstruction_world.ply", "reconstruction_world.stl", "points.csv", "points_world.ply", "pose.json",
+            "overlay_0.png", "overlay_1.png"} <= {p.name for p in out.iterdir()}
+    pose = json.loads((out / "pose.json").read_text())
+    assert pose["to_frame"].startswith("world") and len(pose["model_to_cam"]) == 2
+    assert [v["status"] for v in pose["views"]] == ["used", "used"], pose["views"]
+    out2 = tmp_path / "register"
+    res = runner.invoke(app, ["register", *views, *cams, "--ct", str(EXAMPLES / "pelvis_ct.nii.gz"),
+                              "--labels", str(EXAMPLES / "pelvis_labels.nii.gz"), "--out", str(out2)])
+    assert res.exit_code == 0, res.output
+    reg = json.loads((out2 / "registration.json").read_text())
+    assert reg["from_frame"].startswith("the CT") and reg["to_frame"].startswith("world")
+    bone = bone_from_labels(read_labels(EXAMPLES / "pelvis_labels.nii.gz"))
+    err = float(mtre_mm(np.array(reg["matrix"]), np.eye(4), bone.vertices[::20])[0])
+    assert err < 5.0, err
+    for i in range(2):
+        np.testing.assert_allclose(reg["ct_to_cam"][i]["matrix"],
+                                   patient_to_cams[i] @ ct_to_patient @ np.array(reg["matrix"]), atol=1e-6)

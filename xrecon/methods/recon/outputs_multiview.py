@@ -77,7 +77,7 @@ def write_multiview_reconstruction(out_dir: str | Path, mrec, images: list[np.nd
         write_pose(stage / "pose.json", mrec.model_to_world, MODEL_FRAME, WORLD_FRAME,
                    model_to_cam=[{"view": i, "to_frame": CAMERA_FRAME_I.format(i=i), "matrix": mrec.model_to_cam(i)}
                                  for i in range(mrec.n_views)],
-                   views=_views(mrec.cameras, sources), shape_model=space_name, **mrec.summary(),
+                   cameras=_views(mrec.cameras, sources), shape_model=space_name, **mrec.summary(),
                    model=model_info or {})
         for i, (img, cam) in enumerate(zip(images, mrec.cameras)):
             mask = silhouette(mrec.vertices_cam(i), mrec.faces, cam.with_pose(np.eye(4)), max_side=OVERLAY_MAX_SIDE)
@@ -101,7 +101,7 @@ def write_multiview_registration(out_dir: str | Path, result, model_info: dict |
                    matrix_is="ct_to_world",
                    ct_to_cam=[{"view": i, "from_frame": "ct (as above)", "to_frame": CAMERA_FRAME_I.format(i=i),
                                "matrix": reg.ct_to_cam[i]} for i in range(mrec.n_views)],
-                   views=_views(mrec.cameras, sources), ct_bone=bone.source, success=bool(reg.success),
+                   cameras=_views(mrec.cameras, sources), ct_bone=bone.source, success=bool(reg.success),
                    confident=bool(reg.confident), notes=list(reg.notes), registration=reg.summary(),
                    reconstruction=mrec.summary(), model_to_world=mrec.model_to_world, model=model_info or {})
         posed = bone.vertices @ reg.ct_to_world[:3, :3].T + reg.ct_to_world[:3, 3]
