@@ -152,6 +152,8 @@ def test_a_view_showing_little_of_the_bone_is_down_weighted(scene, views):
     assert mrec.success
     r = mrec.reports[1]
     assert r.status == "down-weighted" and 0 < r.weight < 1 and "little of the bone" in r.reason
+    # one view showing enough of the bone does not fix the size: flagged, and the size mode stays tight
+    assert not mrec.confident and any("fewer than two views show" in n for n in mrec.notes)
     assert abs(depth_error(mrec.vertices_world, vw, cams[0])) < 1.0
 
 

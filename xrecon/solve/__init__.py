@@ -5,6 +5,8 @@
 * :mod:`~xrecon.solve.align3d` 3D point sets -> rigid / similarity transform
   (Umeyama with known correspondence; global init + ICP without),
 * :mod:`~xrecon.solve.joint` PnP + 3D alignment + joint refinement (CT to camera),
+* :mod:`~xrecon.solve.multiview` several views in one world frame: where rays meet,
+  one CT-to-world pose refined over every view,
 * :mod:`~xrecon.solve.silhouette` a posed mesh's distance along the viewing ray
   from a bone mask,
 * :mod:`~xrecon.solve.similarity` image similarity (NCC, gradient NCC, patch NCC),

@@ -427,7 +427,10 @@ def combine_views(views: list[Reconstruction], space: ShapeSpace, cameras: list[
     # LOOSE x the agreement threshold of the consensus pose (the pooled shape's errors
     # still show there), then each view's agreement under the fitted pose and shape
     prior = np.full(len(b_pool), cfg.shape_prior_sd)
-    prior[0] = mv.size_prior_sd if (len(ok) >= 2 and baseline >= mv.min_baseline_deg) else cfg.size_prior_sd
+    # the size mode is freed only where two views that show enough of the bone look at it from
+    # different directions: slivers of bone at the detector's edge do not fix the depth
+    n_full = sum(view_weight(views[i]) >= 1.0 for i in ok)
+    prior[0] = mv.size_prior_sd if (n_full >= 2 and baseline >= mv.min_baseline_deg) else cfg.size_prior_sd
     rng = np.random.default_rng(cfg.seed)
 
     def view_data(sel: dict, weight: dict) -> list[dict]:
@@ -491,7 +494,7 @@ def combine_views(views: list[Reconstruction], space: ShapeSpace, cameras: list[
         inl = {i: views[i].inliers & agree[i] if (views[i].inliers & agree[i]).sum() >= 6 else views[i].inliers}
         residual_rms = views[i].residual_rms_mm
     else:
-        if len(used) < 2 or baseline < mv.min_baseline_deg:
+        if sum(reports[i].weight >= 1.0 for i in used) < 2 or baseline < mv.min_baseline_deg:
             prior[0] = cfg.size_prior_sd
         if len(used) < len(loose) or not fit_ok:
             T, b, fit_ok, why = _fit_views(space, view_data(agree, weight), T if fit_ok else best, b_pool, prior,
@@ -560,6 +563,9 @@ def combine_views(views: list[Reconstruction], space: ShapeSpace, cameras: list[
     elif baseline < mv.min_baseline_deg:
         notes.append(f"the views look at the bone from directions only {baseline:.1f} deg apart (< "
                      f"{mv.min_baseline_deg:g}): they do not fix its depth")
+    elif sum(reports[i].weight >= 1.0 for i in used) < 2:
+        notes.append(f"fewer than two views show {100 * cfg.min_coverage:.0f} % of the bone or more: its size and "
+                     "depth rest partly on the network's size estimate")
     if coverage < cfg.min_coverage:
         notes.append(f"the views show little of the bone ({100 * coverage:.1f} % of its surface near the "
                      f"correspondences, < {100 * cfg.min_coverage:.0f} %)")
