@@ -176,3 +176,29 @@ def test_two_rendered_views_of_the_example_reconstruct_and_register(tmp_path):
     for i in range(2):
         np.testing.assert_allclose(reg["ct_to_cam"][i]["matrix"],
                                    patient_to_cams[i] @ ct_to_patient @ np.array(reg["matrix"]), atol=1e-6)
+
+
+def test_a_list_of_one_image_is_the_single_view_call(tmp_path):
+    """``api.reconstruct([img], cameras=[cam])`` is ``api.reconstruct(img, cam)``: same type,
+    same pose (an untrained network: whatever it returns, both calls return the same)."""
+    import torch
+
+    from xrecon import api
+    from xrecon.methods.recon.model_io import save_recon_model
+    from xrecon.methods.recon.network import ReconNet, ReconNetConfig
+    from xrecon.methods.recon.pipeline import Reconstruction
+    from xrecon.methods.recon.shape import ShapeSpace
+
+    space = ShapeSpace.bundled("pelvis")
+    torch.manual_seed(0)
+    net = ReconNet(ReconNetConfig(n_modes=space.n_modes, base_channels=8, levels=3, image_size=32))
+    model = tmp_path / "tiny.pt"
+    save_recon_model(model, net, space, "pelvis")
+    img, cam = _view(tmp_path, "a", _pose(0.0))
+    one = api.reconstruct([img], cameras=[cam], model=model)
+    plain = api.reconstruct(img, cam, model=model)
+    assert isinstance(one, Reconstruction) and isinstance(plain, Reconstruction)
+    assert one.success == plain.success and one.reason == plain.reason
+    np.testing.assert_array_equal(one.model_to_cam, plain.model_to_cam)
+    with pytest.raises(InputError, match="1 image but 2 cameras"):
+        api.reconstruct([img], cameras=[cam, cam], model=model)
