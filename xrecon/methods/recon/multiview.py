@@ -469,11 +469,15 @@ def combine_views(views: list[Reconstruction], space: ShapeSpace, cameras: list[
             continue
         a = e[i] < thr[i]
         r.agreement = float(a.mean())
-        if a.sum() < mv.min_view_inliers or r.agreement < mv.min_view_agreement:
+        if r.agreement < mv.min_view_agreement:
             r.reason = (f"its correspondences disagree with the other views: {100 * r.agreement:.0f} % "
                         f"({int(a.sum())}) within {mv.agreement_threshold_net_px:g} network px of the joint "
-                        f"pose (need {100 * mv.min_view_agreement:.0f} % and {mv.min_view_inliers}): another bone, "
-                        "or a poor prediction" + ("" if v.success else f"; alone: {v.reason}"))
+                        f"pose (need {100 * mv.min_view_agreement:.0f} %): another bone, or a poor prediction"
+                        + ("" if v.success else f"; alone: {v.reason}"))
+            continue
+        if a.sum() < mv.min_view_inliers:
+            r.reason = (f"too little bone: {int(a.sum())} correspondences agree with the joint pose (need "
+                        f"{mv.min_view_inliers})" + ("" if v.success else f"; alone: {v.reason}"))
             continue
         agree[i] = a
         r.weight = weight[i]
