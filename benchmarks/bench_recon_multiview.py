@@ -374,7 +374,8 @@ def markdown(s: dict, register: bool = True) -> str:
         lines += ["", "CT registration of the cases flagged confident:", "",
                   "| protocol | n confident | mTRE median (mm) | GFR@10 |", "|---|---|---|---|"]
         lines += [f"| {e['protocol']} | {e['confident_subset']['n']} | {fmt(e['confident_subset']['mtre_mm'])} | "
-                  f"{100 * e['confident_subset']['gfr10']:.1f} % |" for e in s["protocols"] if "confident_subset" in e]
+                  + (f"{100 * e['confident_subset']['gfr10']:.1f} % |" if e["confident_subset"]["n"] else "- |")
+                  for e in s["protocols"] if "confident_subset" in e]
     if s.get("views_alone"):
         lines += ["", "Each view alone (the single-view reconstruction's rotation error; a failure counts as +inf):", "",
                   "| view | rotation error median (deg) | p95 | success | coverage median |", "|---|---|---|---|---|"]
