@@ -386,6 +386,7 @@ def main(argv=None) -> int:
                "true_depth_mm": float((targets @ truth[:3, :3].T + truth[:3, 3])[:, 2].mean()),
                "scale_recon_over_ct": reg.scale, "silhouette_depth_change_mm": reg.silhouette_depth_change_mm,
                "silhouette_dice": reg.silhouette_dice, "silhouette_move_mm": reg.silhouette_move_mm,
+               "silhouette_outline_px": reg.silhouette_outline_px,
                "reason": reg.reason, "notes": reg.notes}
         if k < args.n_refine and reg.success:
             t1 = time.monotonic()

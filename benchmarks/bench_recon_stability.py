@@ -54,6 +54,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--data", default=str(ROOT / "data" / "recon_bench"))
+    ap.add_argument("--split", choices=("test", "val"), default="test",
+                    help="bench_recon's test set, or its validation set (to choose settings on)")
+    ap.add_argument("--n", type=int, default=None, help="at most this many cases (spread over the subjects)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                    help="change a ReconConfig field, as bench_recon.py --set")
     ap.add_argument("--quick", action="store_true", help="3 subjects per population (smoke run)")
     ap.add_argument("--name", default=None)
     args = ap.parse_args(argv)
@@ -67,16 +72,18 @@ def main(argv=None) -> int:
     from xrecon.geometry import Camera
     from xrecon.methods.recon.data import ReconDataConfig, phantom_of
     from xrecon.methods.recon.model_io import DEFAULT_MODEL, load_recon_model
-    from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image, register_ct_points
+    from xrecon.methods.recon.pipeline import reconstruct_image, register_ct_points
     from xrecon.metrics.registration import mtre_mm
 
     net, space, info = load_recon_model(args.model)
-    ts = bench_recon.load_test_set(space, args.population, "test", args.views, args.quick, args.data)
+    ts = bench_recon.load_test_set(space, args.population, args.split, args.views, args.quick, args.data)
     images, K, shape_index, spacing = ts["image"], ts["K"], ts["shape_index"], ts["spacing"]
     size = images.shape[-1]
-    cfg = ReconConfig()
+    cfg = bench_recon.recon_config(args.overrides)
     rng = np.random.default_rng(7)
     ids = [i for i in range(len(images)) if i % args.views < args.views_per_subject]
+    if args.n is not None and args.n < len(ids):
+        ids = [ids[k] for k in np.linspace(0, len(ids) - 1, args.n).round().astype(int)]
     rows = []
     t0 = time.monotonic()
     for k, i in enumerate(tqdm(ids, desc="register twice")):
@@ -120,10 +127,10 @@ def main(argv=None) -> int:
     summary = {
         "date": datetime.date.today().isoformat(),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, no GPU (shared 2-core machine)",
-        "data": (f"{bench_recon.POPULATION_TEXT[args.population]}, test split: {len(set(shape_index[ids].tolist()))} "
+        "data": (f"{bench_recon.POPULATION_TEXT[args.population]}, {args.split} split: {len(set(shape_index[ids].tolist()))} "
                  f"subjects x {args.views_per_subject} view(s) of bench_recon's test set (128 px, simulated)"),
         "model": {"file": str(args.model or DEFAULT_MODEL), "command": info.get("command")},
-        "n": len(rows), "n_both_failed": int(both_failed.sum()),
+        "settings": args.overrides, "n": len(rows), "n_both_failed": int(both_failed.sum()),
         "share_within_1mm": float(np.mean(compared <= 1.0)) if len(compared) else float("nan"),
         "between_mm": bench_recon.percentiles(compared),
         "between_joint_mm": bench_recon.percentiles([r["between_joint_mm"] for r in rows], failed_as_inf=False),
@@ -136,6 +143,7 @@ def main(argv=None) -> int:
                             + (argv if argv is not None else sys.argv[1:])),
     }
     name = args.name or ("bench_recon_stability" + ("_quick" if args.quick else "")
+                         + ("" if args.split == "test" else "_" + args.split)
                          + ("" if args.population == "ssm" else "_" + args.population.replace("-", "_")))
     fmt = bench_recon.fmt
     md = [f"# {name}: the same X-ray as floats and as a 16-bit PNG", "",

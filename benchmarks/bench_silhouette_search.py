@@ -8,7 +8,8 @@ starts. This benchmark takes the registrations of ``bench_recon.py`` (same
 split, views, cases, CT frames and seeds), solves each up to the joint solver
 once (``silhouette="off"``), then runs the silhouette search from that pose
 
-* with each search method (Nelder-Mead, the default; the bounded Powell search),
+* with each search method (the outline fit, the product's default; Nelder-Mead;
+  the bounded Powell search),
 * from the start moved by each of ``--perturb-mm`` along every axis (0 = the
   product's start: the run-to-run scatter of a method is how far its results
   move for starts a few hundredths of a millimetre apart),

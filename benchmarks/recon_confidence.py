@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     if any("silhouette_move_mm" in r for r in rows):  # lower is better: the two cues agree
         scores["agreement (-silhouette move)"] = -np.array([r.get("silhouette_move_mm", np.nan) for r in rows],
                                                            np.float64)
+    if any(np.isfinite(r.get("silhouette_outline_px", np.nan)) for r in rows):  # lower is better
+        scores["outline fit (-silhouette outline px)"] = -np.array(
+            [r.get("silhouette_outline_px", np.nan) for r in rows], np.float64)
     summary = data["summary"]
     out = {"source": str(args.results.relative_to(ROOT) if args.results.is_absolute() else args.results),
            "data": summary.get("data"), "population": summary.get("population", "ssm"),

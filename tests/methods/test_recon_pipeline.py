@@ -97,6 +97,7 @@ def test_ct_registration_is_the_same_in_any_ct_frame(scene):
         truth = m2c @ np.linalg.inv(model_to_ct)
         err = float(mtre_mm(reg.ct_to_cam, truth, ct_pts[:500])[0])
         assert err < 1.5, err
+        assert reg.silhouette_outline_px < 1.0  # the exact mask's outline is met within a pixel
         # the same CT points in the camera, whatever frame the CT came in
         results.append(ct_pts[:500] @ reg.ct_to_cam[:3, :3].T + reg.ct_to_cam[:3, 3])
     # (exactly: the CT is moved to its own principal-axis frame first)

@@ -7,7 +7,8 @@ of its vertices) changes the
 size of its projected silhouette and little else. :func:`silhouette_depth`
 scans that one degree of freedom and returns the distance factor whose
 silhouette best overlaps the mask (soft Dice); :func:`silhouette_pose` searches
-all six rigid degrees of freedom near a start pose for the same overlap.
+all six rigid degrees of freedom near a start pose for the same overlap, or
+(:func:`contour_pose`) for the pose whose outline follows the mask's outline.
 
 Meshes and masks are in one camera's pixel grid (OpenCV: pixel centres at
 integer ``(u, v)``); a pixel is in the silhouette when the ray through its
@@ -23,7 +24,12 @@ import numpy as np
 from xrecon.errors import check_shape
 
 #: the searches :func:`silhouette_pose` offers (``method``), its default first
-SEARCH_METHODS = ("nelder-mead", "powell")
+SEARCH_METHODS = ("contour", "nelder-mead", "powell")
+
+#: Gaussian blur (sd, px) of the mask before its outline is traced (:func:`mask_contour`):
+#: none, since a blur pulls the outline inward where it curves (by sd^2 / 2 r)
+MASK_SMOOTH_PX = 0.0
+
 
 
 @dataclass
@@ -140,6 +146,10 @@ class SilhouettePoseResult:
             frame) and translation (mm) of the change, ``(6,)``.
         n_evaluations: silhouettes rendered.
         success, reason: False when the input pose's silhouette does not meet the mask.
+        outline_px: ``method="contour"`` only (NaN otherwise): how far the mask's
+            outline lies from the posed object's outline, pixels (90th percentile
+            over the mask's outline points: a part of the bone that the pose
+            leaves uncovered shows here, where the Dice hardly moves).
     """
 
     object_to_cam: np.ndarray
@@ -149,6 +159,7 @@ class SilhouettePoseResult:
     n_evaluations: int
     success: bool
     reason: str = ""
+    outline_px: float = float("nan")
 
 
 def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.ndarray, K: np.ndarray,
@@ -166,8 +177,10 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     ``max_depth_change`` x the centroid's depth. The mesh's ray-casting scene is
     built once; each evaluation moves the rays.
 
-    The search is derivative-free (scipy): ``method="nelder-mead"`` (default)
-    starts from a wide simplex (1 deg, 3 mm across, a third of the depth bound
+    ``method="contour"`` fits the mesh's outline to the mask's sub-pixel outline
+    instead (:func:`contour_pose`: a smooth objective, solved by least squares;
+    the other settings below do not apply to it). The Dice searches are
+    derivative-free (scipy): ``method="nelder-mead"`` starts from a wide simplex (1 deg, 3 mm across, a third of the depth bound
     along the axis) and runs ``simplex_runs`` times, each run after the first from
     the last one's best with a simplex half as wide, then (``polish``) a Powell line search from
     the best point settles it locally; ``"powell"`` alone is the search used
@@ -200,6 +213,9 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     if method not in SEARCH_METHODS or simplex_runs < 1:
         raise ValueError(f"method must be one of {SEARCH_METHODS} and simplex_runs >= 1, got {method!r}, "
                          f"{simplex_runs}")
+    if method == "contour":
+        return contour_pose(verts, faces, T0, K, prob, max_rotation_deg=max_rotation_deg, max_shift_mm=max_shift_mm,
+                            max_depth_change=max_depth_change, nthreads=nthreads)
     if start_grid is not None:
         rot_step, shift_step = start_grid
         T0 = T0.copy()
@@ -264,3 +280,196 @@ def silhouette_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.n
     if best <= start:
         return SilhouettePoseResult(T_in, start, start, x0, n_eval, True)
     return SilhouettePoseResult(pose(x_best), best, start, np.asarray(x_best, np.float64), n_eval, True)
+
+
+def _silhouette_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges ``(E, 2)`` shared by exactly two faces (where an outline can run), those
+    two faces ``(E, 2)``, and the vertex of the first face off the edge ``(E,)``."""
+    f = np.asarray(faces, np.int64)
+    e = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    opposite = np.concatenate([f[:, 2], f[:, 0], f[:, 1]])
+    fid = np.tile(np.arange(len(f)), 3)
+    e_sorted = np.sort(e, axis=1)
+    key = e_sorted[:, 0] * (int(f.max()) + 1) + e_sorted[:, 1]
+    order = np.argsort(key, kind="stable")
+    _, first, counts = np.unique(key[order], return_index=True, return_counts=True)
+    a, b = order[first[counts == 2]], order[first[counts == 2] + 1]
+    return e_sorted[a], np.stack([fid[a], fid[b]], axis=1), opposite[a]
+
+
+def mask_contour(mask_prob: np.ndarray, level: float = 0.5, spacing_px: float = 0.25,
+                 border_px: float = 1.5, smooth_px: float = MASK_SMOOTH_PX) -> tuple[np.ndarray, np.ndarray]:
+    """Sub-pixel outline of a probability map: points ``(N, 2)`` (pixel ``(u, v)``)
+    every ``spacing_px`` along its ``level`` iso-lines and their unit normals
+    ``(N, 2)``; points within ``border_px`` of the image edge are left out (there
+    the outline is the detector's edge, not the bone's). The outline moves
+    continuously with the map's values (no threshold decides whole pixels)."""
+    from scipy.ndimage import gaussian_filter
+    from skimage.measure import find_contours
+
+    prob = np.asarray(mask_prob, np.float64)
+    H, W = prob.shape
+    if smooth_px > 0:
+        prob = gaussian_filter(prob, smooth_px, mode="nearest")
+    pts, nrm = [], []
+    for c in find_contours(prob, level):
+        uv = c[:, ::-1]  # (row, col) -> (u, v)
+        seg = np.diff(uv, axis=0)
+        length = np.linalg.norm(seg, axis=1)
+        keep = length > 1e-9
+        seg, length, start = seg[keep], length[keep], uv[:-1][keep]
+        if not len(seg):
+            continue
+        n_each = np.maximum(np.ceil(length / spacing_px).astype(int), 1)
+        k = np.repeat(np.arange(len(seg)), n_each)
+        t = (np.arange(n_each.sum()) - np.repeat(np.cumsum(n_each) - n_each, n_each)) / n_each[k]
+        pts.append(start[k] + t[:, None] * seg[k])
+        tangent = seg[k] / length[k, None]
+        nrm.append(np.stack([-tangent[:, 1], tangent[:, 0]], axis=1))
+    if not pts:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    pts, nrm = np.concatenate(pts), np.concatenate(nrm)
+    inside = ((pts[:, 0] > border_px - 0.5) & (pts[:, 0] < W - 0.5 - border_px)
+              & (pts[:, 1] > border_px - 0.5) & (pts[:, 1] < H - 0.5 - border_px))
+    return pts[inside], nrm[inside]
+
+
+def contour_pose(vertices: np.ndarray, faces: np.ndarray, object_to_cam: np.ndarray, K: np.ndarray,
+                 mask_prob: np.ndarray, *, max_rotation_deg: float = 6.0, max_shift_mm: float = 15.0,
+                 max_depth_change: float = 0.08, max_iterations: int = 20, gate_px: float = 6.0,
+                 huber_px: float = 0.5, min_pairs: int = 20, nthreads: int = 0) -> SilhouettePoseResult:
+    """Rigid pose of a closed mesh (``vertices: (V, 3)`` in its own frame, mm) near
+    ``object_to_cam`` whose outline best follows the outline of ``mask_prob: (H, W)``
+    (its 0.5 iso-line, :func:`mask_contour`), seen through intrinsics ``K: (3, 3)``
+    of the mask's grid: ``silhouette_pose(method="contour")``.
+
+    An iterative closest-point search in the image: the mesh's outline (points
+    on the edges between a face turned toward the source and one turned away,
+    kept where they lie on the silhouette's outer edge, not on folds inside
+    it) is projected; each contour point is paired with the nearest outline point
+    of the mask (pairs farther than ``gate_px`` are dropped); a Huber-robust
+    least-squares step (``huber_px``) moves the pose to bring each point onto its
+    partner's tangent line; and again, until the pose stops moving. The same
+    bounds as :func:`silhouette_pose` hold (the change is clipped to them) and a
+    weak pull toward the start keeps unobserved directions where they were.
+    (Restarts from tilted and shifted starts, the best kept by the outline
+    distance both ways, changed nothing on 7 validation registrations: not used.)
+
+    Unlike the Dice searches, the objective moves smoothly with the pose and with
+    the mask's values, so masks that differ by rounding (a float image against its
+    16-bit PNG) give poses that differ by as little.
+    """
+    from scipy.optimize import least_squares
+    from scipy.spatial import cKDTree
+    from scipy.spatial.transform import Rotation
+
+    from xrecon.geometry.mesh import raycasting_scene
+
+    verts = np.asarray(vertices, np.float64)
+    prob = np.asarray(mask_prob, np.float64)
+    T0 = np.asarray(object_to_cam, np.float64)
+    K = np.asarray(K, np.float64)
+    H, W = prob.shape
+    dirs = _pixel_rays(K, H, W)
+    scene = raycasting_scene(verts, faces)
+    n_eval = 0
+
+    def render(T):
+        nonlocal n_eval
+        n_eval += 1
+        inv = np.linalg.inv(T)
+        return _hits(scene, np.broadcast_to(inv[:3, 3], dirs.shape), dirs @ inv[:3, :3].T, nthreads).reshape(H, W)
+
+    def dice(sil):
+        return float(_soft_dice(sil[None], prob)[0])
+
+    sil0 = render(T0)
+    start = dice(sil0)
+    x0 = np.zeros(6)
+    if start <= 0.0:
+        return SilhouettePoseResult(T0, 0.0, 0.0, x0, n_eval, False,
+                                    "the object's silhouette does not meet the mask at the start pose")
+    q, qn = mask_contour(prob)
+    if len(q) < min_pairs:
+        return SilhouettePoseResult(T0, start, start, x0, n_eval, False, "the mask has (almost) no outline")
+    tree = cKDTree(q)
+    edges, adj, opposite = _silhouette_edges(faces)
+    tri = verts[np.asarray(faces, np.int64)]
+    f_normal, f_centre = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), tri.mean(1)
+    along = np.array([0.25, 0.5, 0.75])[None, :, None]  # points on each outline edge
+    c = (verts @ T0[:3, :3].T + T0[:3, 3]).mean(0)
+    z_bound = max_depth_change * abs(c[2])
+    lo = np.array([-max_rotation_deg] * 3 + [-max_shift_mm] * 2 + [-z_bound])
+    hi = -lo
+    prior_sd = np.array([2.0, 2.0, 2.0, 5.0, 5.0, 0.05 * abs(c[2])])  # deg, mm: a pull of one pixel per sd
+
+    def pose(x):
+        G = np.eye(4)
+        R = Rotation.from_rotvec(np.deg2rad(x[:3])).as_matrix()
+        G[:3, :3] = R
+        G[:3, 3] = c - R @ c + x[3:]
+        return G @ T0
+
+    def project(T, X):
+        p = X @ T[:3, :3].T + T[:3, 3]
+        uvw = p @ K.T
+        return uvw[:, :2] / uvw[:, 2:3]
+
+    def contour_points(T):
+        """Object-frame points on the mesh edges that make the outer outline of its
+        silhouette: edges between a face turned toward the source and one turned
+        away (a polyhedron's outline runs along such edges, exactly what the
+        ray-cast silhouette shows), kept where a ray a twentieth of a pixel
+        outside misses the mesh (not a fold inside the silhouette)."""
+        eye = -T[:3, :3].T @ T[:3, 3]  # the source, object frame
+        facing = np.einsum("ij,ij->i", f_normal, f_centre - eye) > 0
+        k = np.flatnonzero(facing[adj[:, 0]] != facing[adj[:, 1]])
+        va, vb = verts[edges[k, 0]], verts[edges[k, 1]]
+        X = (va[:, None] + along * (vb - va)[:, None]).reshape(-1, 3)
+        uv = project(T, X)
+        ua, ub, uo = project(T, va), project(T, vb), project(T, verts[opposite[k]])
+        d = ub - ua
+        n = np.stack([-d[:, 1], d[:, 0]], 1) / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+        n *= -np.sign(np.einsum("ij,ij->i", uo - ua, n))[:, None]  # away from the face's own projection
+        probe = uv + 0.05 * np.repeat(n, along.shape[1], axis=0)
+        inv = np.linalg.inv(T)
+        rays = np.linalg.solve(K, np.concatenate([probe, np.ones((len(probe), 1))], 1).T).T
+        rays /= np.linalg.norm(rays, axis=1, keepdims=True)
+        outer = ~_hits(scene, np.broadcast_to(inv[:3, 3], rays.shape), rays @ inv[:3, :3].T, nthreads)
+        inside_img = (uv[:, 0] > 1.5) & (uv[:, 0] < W - 2.5) & (uv[:, 1] > 1.5) & (uv[:, 1] < H - 2.5)
+        return X[outer & inside_img]
+
+    def icp(x):
+        """The outline fit from parameters ``x``: its parameters and pairs of the last round."""
+        pairs = 0
+        for _ in range(max_iterations):
+            T = pose(x)
+            X = contour_points(T)
+            dist, j = tree.query(project(T, X), distance_upper_bound=gate_px)
+            ok = np.isfinite(dist)
+            pairs = int(ok.sum())
+            if pairs < min_pairs:
+                break
+            X, qj, nj = X[ok], q[j[ok]], qn[j[ok]]
+
+            def residuals(y):
+                r = np.einsum("ij,ij->i", project(pose(y), X) - qj, nj)
+                return np.concatenate([r, (y - x0) / prior_sd])
+
+            y = least_squares(residuals, np.clip(x, lo, hi), bounds=(lo, hi), loss="huber", f_scale=huber_px,
+                              x_scale=prior_sd, diff_step=1e-6).x
+            moved = np.abs(y - x)
+            x = y
+            if np.all(moved[:3] < 1e-3) and np.all(moved[3:] < 1e-2):
+                break
+        return x, pairs
+
+    x, pairs = icp(x0)
+    if pairs < min_pairs:
+        return SilhouettePoseResult(T0, start, start, x0, n_eval, False,
+                                    f"too few of the object's outline points lie near the mask's outline ({pairs})")
+    T = pose(x)
+    outline = project(T, contour_points(T))
+    to_object = cKDTree(outline).query(q)[0] if len(outline) else np.full(len(q), np.inf)
+    outline_px = float(np.percentile(to_object, 90))
+    return SilhouettePoseResult(T, dice(render(T)), start, x, n_eval, True, outline_px=outline_px)

@@ -95,9 +95,13 @@ class ReconConfig:
         residual: step 5 of :func:`reconstruct_image` (a Gaussian-process residual
             deformation beyond the shape model's span, :mod:`~xrecon.methods.recon.residual`);
             ``None`` switches it off.
-        silhouette_search: the ``"pose"`` step's search, ``"nelder-mead"`` (the
-            default) or ``"powell"`` (the bounded Powell search), the ``method`` of
-            :func:`~xrecon.solve.silhouette.silhouette_pose`.
+        silhouette_search: the ``"pose"`` step's search, the ``method`` of
+            :func:`~xrecon.solve.silhouette.silhouette_pose`: ``"contour"`` (the
+            default: the CT's outline fitted to the mask's sub-pixel outline, a
+            smooth objective, so a float image and its 16-bit PNG give the same
+            pose), ``"nelder-mead"`` or ``"powell"`` (searches on the silhouette
+            Dice, whose whole-pixel plateaus make the result depend on the start's
+            last digits).
         seed: seeds RANSAC and subsets.
     """
 
@@ -118,7 +122,7 @@ class ReconConfig:
     tta_shifts: int = 1
     silhouette: str = "pose"
     silhouette_max_depth_change: float = 0.08
-    silhouette_search: str = "nelder-mead"
+    silhouette_search: str = "contour"
     residual: ResidualConfig | None = ResidualConfig()
     seed: int = 0
 
@@ -396,6 +400,9 @@ class CTRegistration:
         silhouette_move_mm: mean distance the silhouette step moved the CT's bone
             vertices (NaN when not used): how far the two cues, correspondences and
             mask, disagree.
+        silhouette_outline_px: after the outline search (``silhouette_search="contour"``;
+            NaN otherwise): 90th percentile of how far the mask's outline lies from
+            the posed CT's outline, pixels of the mask.
     """
 
     ct_to_cam: np.ndarray
@@ -412,12 +419,14 @@ class CTRegistration:
     silhouette_depth_change_mm: float = float("nan")
     silhouette_dice: float = float("nan")
     silhouette_move_mm: float = float("nan")
+    silhouette_outline_px: float = float("nan")
 
     def summary(self) -> dict:
         return {"success": self.success, "reason": self.reason, "confident": self.confident,
                 "notes": list(self.notes), "scale_reconstruction_over_ct": self.scale, "n_used": self.n_used,
                 "silhouette_depth_change_mm": self.silhouette_depth_change_mm,
                 "silhouette_dice": self.silhouette_dice, "silhouette_move_mm": self.silhouette_move_mm,
+                "silhouette_outline_px": self.silhouette_outline_px,
                 "reprojection_error_px": self.reprojection_error_px,
                 "surface_residual_mm": self.surface_residual_mm,
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()}}
@@ -500,13 +509,13 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
                               notes + [reason], timings)
     ct_to_cam, ct_to_model = res.ct_to_cam @ ct_to_canon, res.ct_to_model @ ct_to_canon
     n_used = int(res.inliers.sum())
-    sil_dz = sil_dice = sil_move = float("nan")
+    sil_dz = sil_dice = sil_move = sil_outline = float("nan")
     if config.silhouette != "off":
         # in the CT's principal-axis frame, like every step above: the same numbers whatever frame it came in
         canon_to_cam = res.ct_to_cam
         verts = np.asarray(ct_mesh[0], np.float64) @ ct_to_canon[:3, :3].T + ct_to_canon[:3, 3]
         t2 = time.perf_counter()
-        new_pose, sil_dice, note = _silhouette_refine(canon_to_cam, (verts, ct_mesh[1]), rec, config)
+        new_pose, sil_dice, sil_outline, note = _silhouette_refine(canon_to_cam, (verts, ct_mesh[1]), rec, config)
         c = verts.mean(0)
         sil_dz = float((new_pose[2, :3] - canon_to_cam[2, :3]) @ c + new_pose[2, 3] - canon_to_cam[2, 3])
         sil_move = float(np.linalg.norm(verts @ (new_pose[:3, :3] - canon_to_cam[:3, :3]).T
@@ -525,21 +534,23 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
         notes.append(f"the reconstruction is {res.scale:.2f} x the CT's size: is it the same bone?")
     return CTRegistration(ct_to_cam, ct_to_model, float(res.scale), n_used, res.reprojection_error_px,
                           res.surface_residual_mm, True, "", rec.confident and not notes[len(rec.notes):], notes,
-                          timings, sil_dz, sil_dice, sil_move)
+                          timings, sil_dz, sil_dice, sil_move, sil_outline)
 
 
 def _silhouette_refine(ct_to_cam: np.ndarray, ct_mesh: tuple[np.ndarray, np.ndarray], rec: Reconstruction,
-                       config: ReconConfig) -> tuple[np.ndarray, float, str]:
+                       config: ReconConfig) -> tuple[np.ndarray, float, float, str]:
     """``ReconConfig.silhouette``: the pose of the CT mesh ``ct_mesh`` (vertices,
     faces) whose silhouette best overlaps ``rec``'s bone mask, near ``ct_to_cam``.
 
-    Returns the new pose, its silhouette's Dice, and a note (empty unless the
+    Returns the new pose, its silhouette's Dice, the outline distance
+    (:attr:`CTRegistration.silhouette_outline_px`) and a note (empty unless the
     silhouette gave no usable answer; the pose is then unchanged).
     """
     from xrecon.solve.silhouette import silhouette_depth, silhouette_pose
 
     if rec.mask_prob is None:
-        return ct_to_cam, float("nan"), "no bone mask came with the reconstruction: the silhouette step was skipped"
+        return (ct_to_cam, float("nan"), float("nan"),
+                "no bone mask came with the reconstruction: the silhouette step was skipped")
     h, w = rec.mask_prob.shape
     K = rec.camera.resized(h, w).K[0].numpy()
     verts, faces = np.asarray(ct_mesh[0], np.float64), ct_mesh[1]
@@ -548,13 +559,13 @@ def _silhouette_refine(ct_to_cam: np.ndarray, ct_mesh: tuple[np.ndarray, np.ndar
                               max_depth_change=config.silhouette_max_depth_change,
                               method=config.silhouette_search)
         if not res.success:
-            return ct_to_cam, res.dice, f"the CT's silhouette did not refine the pose ({res.reason})"
-        return res.object_to_cam, res.dice, ""
+            return ct_to_cam, res.dice, res.outline_px, f"the CT's silhouette did not refine the pose ({res.reason})"
+        return res.object_to_cam, res.dice, res.outline_px, ""
     verts_cam = verts @ ct_to_cam[:3, :3].T + ct_to_cam[:3, 3]
     sil = silhouette_depth(verts_cam, faces, K, rec.mask_prob, max_change=config.silhouette_max_depth_change)
     if not sil.success or sil.at_bound:
         why = sil.reason or "its best distance is at the end of the search range"
-        return ct_to_cam, sil.dice, f"the CT's silhouette did not set the depth ({why})"
+        return ct_to_cam, sil.dice, float("nan"), f"the CT's silhouette did not set the depth ({why})"
     out = ct_to_cam.copy()
     out[:3, 3] += (sil.scale - 1.0) * verts_cam.mean(0)
-    return out, sil.dice, ""
+    return out, sil.dice, float("nan"), ""
