@@ -53,7 +53,7 @@ import numpy as np
 from xrecon.errors import InputError
 from xrecon.geometry import Camera
 from xrecon.methods.recon.pipeline import (SCALE_BOUNDS, SCALE_CONFIDENT, ReconConfig, Reconstruction,
-                                           _canonical_frame, _point_confidence, reconstruct_from_prediction)
+                                           _point_confidence, ct_in_canonical_frame, reconstruct_from_prediction)
 from xrecon.methods.recon.shape import ShapeSpace, SurfaceLocation, points_at
 from xrecon.solve.multiview import ViewPoints, apply, refine_ct_to_world, rotation_angle_deg, triangulate_rays
 
@@ -690,15 +690,9 @@ def register_ct_views(mrec: MultiViewReconstruction, ct_points: np.ndarray, ct_n
                                        "", one.confident and mrec.confident, list(mrec.notes) + [
                                            f"registered through view {i} alone"] + one.notes[len(mrec.views[i].notes):],
                                        one.timings_s)
-    ct = np.asarray(ct_points, np.float64)
-    rng = np.random.default_rng(config.seed)
-    if len(ct) > max_ct_points:
-        pick = rng.choice(len(ct), max_ct_points, replace=False)
-        ct = ct[pick]
-        ct_normals = None if ct_normals is None else np.asarray(ct_normals)[pick]
-    ct_to_canon = _canonical_frame(ct)
-    canon = apply(ct_to_canon, ct)
-    canon_n = _normals(canon) if ct_normals is None else np.asarray(ct_normals, np.float64) @ ct_to_canon[:3, :3].T
+    canon, canon_n, ct_to_canon = ct_in_canonical_frame(ct_points, ct_normals, max_ct_points, config.seed)
+    if canon_n is None:
+        canon_n = _normals(canon)
     align_cfg = AlignConfig(with_scale=True, init_scale=1.0, scale_bounds=SCALE_BOUNDS, global_init=("pca",),
                             max_points=5000, seed=config.seed)
     align = align_surfaces(canon, mrec.vertices_model, config=align_cfg)

@@ -363,6 +363,24 @@ SCALE_BOUNDS = (0.8, 1.25)
 SCALE_CONFIDENT = (0.87, 1.15)
 
 
+def ct_in_canonical_frame(ct_points: np.ndarray, ct_normals: np.ndarray | None, max_points: int,
+                          seed: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """A CT bone surface (``ct_points: (P, 3)``, normals or None) subsampled to at
+    most ``max_points`` (seeded) and moved into its own principal-axis frame:
+    every later step (voxel grids, subsampling) then sees the same numbers
+    whatever frame the CT came in. Returns the points, their normals (None when
+    none were given) and ``ct_to_canon: (4, 4)``."""
+    ct = np.asarray(ct_points, np.float64)
+    if len(ct) > max_points:
+        pick = np.random.default_rng(seed).choice(len(ct), max_points, replace=False)
+        ct = ct[pick]
+        ct_normals = None if ct_normals is None else np.asarray(ct_normals)[pick]
+    ct_to_canon = _canonical_frame(ct)
+    canon = ct @ ct_to_canon[:3, :3].T + ct_to_canon[:3, 3]
+    canon_normals = None if ct_normals is None else np.asarray(ct_normals, np.float64) @ ct_to_canon[:3, :3].T
+    return canon, canon_normals, ct_to_canon
+
+
 def _canonical_frame(points: np.ndarray) -> np.ndarray:
     """``(4, 4)`` rigid map of ``points: (P, 3)`` to their principal-axis frame
     (centroid at the origin, axes by decreasing spread, each axis pointing to
@@ -464,17 +482,7 @@ def register_ct_points(rec: Reconstruction, ct_points: np.ndarray, ct_normals: n
     if not rec.success:
         return CTRegistration(nan44, nan44, float("nan"), 0, float("nan"), float("nan"), False,
                               f"no reconstruction to register to: {rec.reason}")
-    ct = np.asarray(ct_points, np.float64)
-    rng = np.random.default_rng(config.seed)
-    if len(ct) > max_ct_points:
-        pick = rng.choice(len(ct), max_ct_points, replace=False)
-        ct = ct[pick]
-        ct_normals = None if ct_normals is None else np.asarray(ct_normals)[pick]
-    # work in the surface's own principal-axis frame: every later step (voxel
-    # grids, subsampling) then sees the same numbers whatever frame the CT came in
-    ct_to_canon = _canonical_frame(ct)
-    canon = ct @ ct_to_canon[:3, :3].T + ct_to_canon[:3, 3]
-    canon_normals = None if ct_normals is None else np.asarray(ct_normals, np.float64) @ ct_to_canon[:3, :3].T
+    canon, canon_normals, ct_to_canon = ct_in_canonical_frame(ct_points, ct_normals, max_ct_points, config.seed)
     # the reconstruction and the CT are the same bone: sizes agree within the
     # single-view size uncertainty (an unbounded scale collapses onto a part)
     align_cfg = AlignConfig(with_scale=True, init_scale=1.0, scale_bounds=SCALE_BOUNDS, global_init=("pca",),
