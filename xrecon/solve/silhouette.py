@@ -26,10 +26,6 @@ from xrecon.errors import check_shape
 #: the searches :func:`silhouette_pose` offers (``method``), its default first
 SEARCH_METHODS = ("contour", "nelder-mead", "powell")
 
-#: Gaussian blur (sd, px) of the mask before its outline is traced (:func:`mask_contour`):
-#: none, since a blur pulls the outline inward where it curves (by sd^2 / 2 r)
-MASK_SMOOTH_PX = 0.0
-
 
 
 @dataclass
@@ -298,19 +294,18 @@ def _silhouette_edges(faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
 
 
 def mask_contour(mask_prob: np.ndarray, level: float = 0.5, spacing_px: float = 0.25,
-                 border_px: float = 1.5, smooth_px: float = MASK_SMOOTH_PX) -> tuple[np.ndarray, np.ndarray]:
+                 border_px: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
     """Sub-pixel outline of a probability map: points ``(N, 2)`` (pixel ``(u, v)``)
     every ``spacing_px`` along its ``level`` iso-lines and their unit normals
     ``(N, 2)``; points within ``border_px`` of the image edge are left out (there
     the outline is the detector's edge, not the bone's). The outline moves
-    continuously with the map's values (no threshold decides whole pixels)."""
-    from scipy.ndimage import gaussian_filter
+    continuously with the map's values (no threshold decides whole pixels). The
+    map is traced as it is: a blur would pull the outline inward where it curves
+    (by sd^2 / 2 r, millimetres of depth for a small bone)."""
     from skimage.measure import find_contours
 
     prob = np.asarray(mask_prob, np.float64)
     H, W = prob.shape
-    if smooth_px > 0:
-        prob = gaussian_filter(prob, smooth_px, mode="nearest")
     pts, nrm = [], []
     for c in find_contours(prob, level):
         uv = c[:, ::-1]  # (row, col) -> (u, v)
