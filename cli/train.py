@@ -1,5 +1,6 @@
 """``xrecon train``: train the networks. ``recon`` (patient-wide reconstruction,
-this file) and ``scr`` (patient-specific scene coordinates, cli/train_scr.py)."""
+this file), ``scr`` (patient-specific scene coordinates, cli/train_scr.py) and
+``rayemb`` (ray embeddings, cli/train_rayemb.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -151,4 +152,12 @@ try:  # the scene-coordinate command lives in its own file (its owner's)
     app.command("scr")(_scr)
 except ModuleNotFoundError as _exc:  # pragma: no cover - absent in a partial checkout
     if _exc.name != "xrecon.cli.train_scr":
+        raise
+
+try:  # RayEmb's command lives in its own file (cli/train_rayemb.py)
+    from xrecon.cli.train_rayemb import rayemb as _rayemb
+
+    app.command("rayemb")(_rayemb)
+except ModuleNotFoundError as _exc:  # pragma: no cover - absent in a partial checkout
+    if _exc.name != "xrecon.cli.train_rayemb":
         raise
