@@ -13,7 +13,7 @@ from xrecon.cli.common import check_inputs_exist, check_output_folder, handle_er
 @handle_errors
 def register(
     image: List[Path] = typer.Argument(..., help="X-ray image (PNG / TIFF / DICOM); several images: views of one "
-                                                  "bone, cameras in one shared world frame."),
+                                                  "bone, cameras in one shared frame (or --independent-views)."),
     ct: Path = typer.Option(..., "--ct", help="CT volume (NIfTI / NRRD / MHA / DICOM folder), any frame."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Label map on the CT grid (default: bone by "
                                                                   "HU threshold)."),
@@ -31,6 +31,9 @@ def register(
     model: Optional[Path] = typer.Option(None, "--model", help="Model file: patient-wide reconstruction (default: "
                                                                 "shipped weights) or a patient-specific SCR model "
                                                                 "from `xrecon train scr` (then --ct is its CT)."),
+    independent_views: bool = typer.Option(False, "--independent-views", help="Several images whose relative poses "
+                                           "are unknown (films taken separately): one CT pose per view; poses in "
+                                           "the camera files are not used."),
 ) -> None:
     """Register a CT to an X-ray through the patient-wide reconstruction
     (or with a patient-specific scene-coordinate model, --model scr.pt).
@@ -38,9 +41,11 @@ def register(
     Writes OUT/registration.json (ct_to_cam, and ct_to_cam_refined with --refine),
     OUT/ct_bone_cam.ply and OUT/overlay.png (CT bone outline on the X-ray).
 
-    Several X-rays (cameras in one shared world frame): OUT/registration.json
-    (ct_to_world and each view's ct_to_cam), OUT/ct_bone_world.ply and
-    OUT/overlay_<i>.png per view (no --refine, no --model scr yet).
+    Several X-rays (cameras in one shared frame: world_to_cam or C-arm angles):
+    OUT/registration.json (ct_to_world and each view's ct_to_cam), OUT/ct_bone_world.ply
+    and OUT/overlay_<i>.png per view (no --refine, no --model scr yet). With
+    --independent-views (no shared frame): registration.json (each view's ct_to_cam),
+    OUT/ct_bone_cam_<i>.ply and overlay_<i>.png per view.
     """
     check_output_folder(out)
     check_inputs_exist(*image, ct, labels, *(camera or []), model)
@@ -54,20 +59,30 @@ def register(
         if refine:
             raise InputError("--refine (intensity refinement) over several X-rays is not available yet: register "
                              "without it, or refine one view at a time")
-        api.load_views(image, camera or None, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)  # refuse bad views first
+        api.load_views(image, camera or None, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing,
+                       independent_views=independent_views)  # refuse bad views first
+        frame = api.views_frame(image, camera or None, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing,
+                                independent_views=independent_views)
         result = api.register(image, camera or None, ct, labels=labels, structures=structures, sdd_mm=sdd,
-                              pixel_spacing_mm=pixel_spacing, model=model, label_names=label_names)
+                              pixel_spacing_mm=pixel_spacing, model=model, label_names=label_names,
+                              independent_views=independent_views)
         if not result.success:
             if not result.reconstruction.success:
                 raise InputError(f"no reconstruction to register the CT to: {result.reconstruction.reason}")
             raise InputError(f"the CT's bone ({result.bone.source}) could not be registered to the bone "
                              f"reconstructed from the {len(image)} X-rays: {result.registration.reason}", ct)
-        from xrecon.methods.recon.outputs_multiview import write_multiview_registration
+        from xrecon.methods.recon import outputs_multiview as outputs
 
         _net, _space, info = api._load_model(None if model is None else str(model))
-        files = write_multiview_registration(out, result, {"file": str(model or "shipped default"),
-                                                           "command": info.get("command")},
-                                             sources=[str(p) for p in image])
+        model_info = {"file": str(model or "shipped default"), "command": info.get("command")}
+        if independent_views:
+            files = outputs.write_independent_registration(out, result, model_info, sources=[str(p) for p in image])
+        else:
+            from xrecon.geometry.carm import ISOCENTRE_FRAME
+
+            files = outputs.write_multiview_registration(
+                out, result, model_info, sources=[str(p) for p in image],
+                world_frame=ISOCENTRE_FRAME if frame == "isocentre" else outputs.WORLD_FRAME)
         reg = result.registration
         typer.echo(f"registration from {len(image)} views: "
                    f"{'confident' if reg.confident else 'LOW CONFIDENCE: ' + '; '.join(reg.notes)}")

@@ -6,9 +6,12 @@
   pose out (the CT may be in any frame: any rotation, origin, LPS or RAS).
 
 Both take a list of X-rays and one camera per X-ray, the cameras in one shared
-world frame (each with its ``world_to_cam``): one joint solve over every view
-(:mod:`xrecon.methods.recon.multiview`, docs/multiview.md), checked by
-:func:`load_views`. A list of one X-ray is the single-view call.
+frame (each with its ``world_to_cam``, or C-arm angles about one isocentre): one
+joint solve over every view (:mod:`xrecon.methods.recon.multiview`,
+docs/multiview.md); or, with ``independent_views=True``, views whose relative
+poses are unknown: one shape, one pose per view
+(:mod:`xrecon.methods.recon.independent_views`). Checked by :func:`load_views`.
+A list of one X-ray is the single-view call.
 
 Frames: the camera is OpenCV's (:mod:`xrecon.geometry`); the CT's frame is its
 own world frame as read (RAS+ mm; files stored LPS are converted on reading,
@@ -122,24 +125,58 @@ def _one(image, camera, cameras):
     return image, (camera if cameras is None else _one([image], None, cameras)[1])
 
 
-def load_views(images, cameras=None, *, sdd_mm: float | None = None,
-               pixel_spacing_mm: float | None = None) -> tuple[list[np.ndarray], list[Camera]]:
-    """Several X-rays and their cameras, the cameras in one shared world frame.
+#: what each kind of pose says of the frame it puts a view in (:func:`load_views`)
+POSE_KINDS = {"world_to_cam": "a world_to_cam (the frame its author chose)",
+              "carm": "C-arm angles (the isocentre frame of xrecon.geometry.carm)"}
+
+INDEPENDENT_HINT = ("; films taken separately, whose relative poses are unknown: independent_views=True "
+                    "(CLI: --independent-views)")
+
+
+def _pose_kind(img, cam, sdd_mm, pixel_spacing_mm) -> tuple[str | None, Path | None, str | None]:
+    """``(kind, file, problem)`` of a view's pose without decoding its pixels: kind
+    ``"world_to_cam"``, ``"carm"`` or ``None``; the file the pose (or its absence) is
+    reported against; why positioner tags that are present give no pose."""
+    from xrecon.anatomy.xray_io import read_geometry, sidecar_candidates
+    from xrecon.geometry.camera import parse_camera_json, read_camera_json
+
+    if cam is not None and not isinstance(cam, (str, Path)):
+        return "world_to_cam", None, None  # a Camera object: its world_to_cam
+    if isinstance(img, (str, Path)):
+        geo = read_geometry(img, sidecar=cam, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+        side = Path(cam) if cam is not None else next((p for p in sidecar_candidates(img) if p.is_file()), None)
+        return geo["pose_kind"], geo["pose_source"] or side or Path(img), geo["pose_problem"]
+    if cam is None:
+        return None, None, None
+    f = parse_camera_json(read_camera_json(cam), cam)
+    kind = "world_to_cam" if f["world_to_cam"] is not None else ("carm" if f["carm"] is not None else None)
+    return kind, Path(cam), None
+
+
+def load_views(images, cameras=None, *, sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
+               independent_views: bool = False) -> tuple[list[np.ndarray], list[Camera]]:
+    """Several X-rays and their cameras.
 
     Args:
         images: a list of X-ray files or ``(H, W)`` arrays.
         cameras: one per image, in the same order (:class:`Camera` objects or camera
-            JSON paths, each with a ``world_to_cam``), or ``None``: each image's own
-            sidecar ``<image>.json``, which must then give ``world_to_cam``.
+            JSON paths), or ``None``: each image's own sidecar ``<image>.json`` (or,
+            for a DICOM, its tags).
         sdd_mm, pixel_spacing_mm: detector geometry overrides for every view.
+        independent_views: the views share no frame (films taken separately): any
+            pose a camera gives is ignored (each camera's ``world_to_cam`` becomes the
+            identity) and the images may differ in size. Otherwise every view needs
+            a pose in one shared frame, all of one kind: each camera's
+            ``world_to_cam`` (case a), or each view's C-arm angles
+            (``primary_angle_deg``, ``secondary_angle_deg``, ``source_to_isocentre_mm``
+            in its JSON, or the DICOM positioner tags: the isocentre frame of
+            :mod:`xrecon.geometry.carm`, case b).
 
-    Raises :class:`InputError`, naming the file, when the counts differ, a camera
-    JSON has no ``world_to_cam`` (the views' poses must be known in one frame),
-    two views have the same pose, or the images differ in size.
+    Raises :class:`InputError`, naming the file, when the counts differ, a view has no
+    pose (and ``independent_views`` is not set), two views' poses are of different
+    kinds (their frames disagree), two views have the same pose, or the images differ
+    in size (not with ``independent_views``).
     """
-    from xrecon.anatomy.xray_io import sidecar_candidates
-    from xrecon.geometry.camera import parse_camera_json, read_camera_json
-
     images = list(images)
     if not images:
         raise InputError("no image given")
@@ -149,27 +186,41 @@ def load_views(images, cameras=None, *, sdd_mm: float | None = None,
     if len(cams) != len(images):
         raise InputError(f"{_count(len(images), 'image')} but {_count(len(cams), 'camera')}: give one camera per "
                          "image, in the same order (CLI: one --camera per IMAGE)")
-    frame_problem = ("gives no 'world_to_cam': with several X-rays every camera's pose must be known in one "
-                     "shared world frame (a calibrated biplanar system, encoded C-arm angles)")
-    for img, cam in zip(images, cams):  # cheap checks first: nothing is decoded before every camera is known
-        if cam is None or isinstance(cam, (str, Path)):
-            src = Path(cam) if cam is not None else None
-            if src is None and isinstance(img, (str, Path)):
-                src = next((p for p in sidecar_candidates(img) if p.is_file()), None)
-            if src is None:
-                raise InputError("no camera JSON for this image: with several X-rays each needs one with "
-                                 "'world_to_cam' (--camera, or a sidecar <image>.json)",
-                                 img if isinstance(img, (str, Path)) else None)
-            if parse_camera_json(read_camera_json(src), src).get("world_to_cam") is None:
-                raise InputError(f"camera JSON {frame_problem}", src)
-    loaded = [load_xray(img, cam, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm) for img, cam in zip(images, cams)]
     names = [str(img) if isinstance(img, (str, Path)) else f"image {i}" for i, img in enumerate(images)]
+    kinds = []
+    for i, (img, cam) in enumerate(zip(images, cams)):  # cheap checks first: no pixel is decoded before the poses
+        where = img if isinstance(img, (str, Path)) else None
+        if cam is None and where is None:
+            raise InputError(f"{names[i]} is an array without a camera: give one camera per image")
+        kind, src, problem = _pose_kind(img, cam, sdd_mm, pixel_spacing_mm)
+        if independent_views:
+            if kind is not None:
+                log.info("%s: its pose (%s) is not used: independent_views", src or names[i], POSE_KINDS[kind])
+            continue
+        if kind is None:
+            what = "camera JSON" if src is not None and src.suffix.lower() == ".json" else "X-ray"
+            raise InputError(
+                f"{what} gives no pose in a shared frame: with several X-rays each view needs its 'world_to_cam' "
+                "(one shared world frame) or its C-arm angles 'primary_angle_deg', 'secondary_angle_deg', "
+                "'source_to_isocentre_mm' (DICOM: PositionerPrimaryAngle, PositionerSecondaryAngle, "
+                "DistanceSourceToPatient)" + (f" ({problem})" if problem else "") + INDEPENDENT_HINT,
+                src or where)
+        if kinds and kind != kinds[0]:
+            raise InputError(f"the views' frames disagree: this view's pose comes from {POSE_KINDS[kind]}, "
+                             f"{names[0]}'s from {POSE_KINDS[kinds[0]]}, and nothing relates the two frames: give "
+                             "every view the same kind of pose" + INDEPENDENT_HINT, src or where)
+        kinds.append(kind)
+    loaded = [load_xray(img, cam, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm) for img, cam in zip(images, cams)]
+    if independent_views:
+        import torch
+
+        return [x[0] for x in loaded], [x[1].with_pose(torch.eye(4, dtype=torch.float64)) for x in loaded]
     h0, w0 = loaded[0][0].shape
     for i, (img, cam) in enumerate(loaded):
         if img.shape != (h0, w0):
             raise InputError(f"the X-rays differ in size: {names[0]} is {h0}x{w0} px, this one "
-                             f"{img.shape[0]}x{img.shape[1]}: several views must share one detector size",
-                             images[i] if isinstance(images[i], (str, Path)) else None)
+                             f"{img.shape[0]}x{img.shape[1]}: views in one shared frame must share one detector "
+                             "size" + INDEPENDENT_HINT, images[i] if isinstance(images[i], (str, Path)) else None)
         for j in range(i):
             if np.allclose(cam.world_to_cam[0].numpy(), loaded[j][1].world_to_cam[0].numpy(), atol=1e-6):
                 raise InputError(f"its camera has the same world_to_cam as {names[j]}'s: two views from one "
@@ -178,9 +229,23 @@ def load_views(images, cameras=None, *, sdd_mm: float | None = None,
     return [x[0] for x in loaded], [x[1] for x in loaded]
 
 
+def views_frame(images, cameras=None, *, sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
+                independent_views: bool = False) -> str:
+    """What frame :func:`load_views`'s poses put the views in: ``"none"`` (independent
+    views), ``"isocentre"`` (C-arm angles, :mod:`xrecon.geometry.carm`) or ``"world"``
+    (each camera's ``world_to_cam``). Call it after :func:`load_views` has accepted the views."""
+    if independent_views:
+        return "none"
+    images = list(images)
+    cams = [None] * len(images) if cameras is None else (list(cameras) if isinstance(cameras, (list, tuple))
+                                                         else [cameras])
+    kind = _pose_kind(images[0], cams[0], sdd_mm, pixel_spacing_mm)[0]
+    return "isocentre" if kind == "carm" else "world"
+
+
 def reconstruct(image, camera=None, *, cameras=None, sdd_mm: float | None = None,
                 pixel_spacing_mm: float | None = None, model: str | Path | None = None, config=None,
-                multiview_config=None):
+                multiview_config=None, independent_views: bool = False):
     """Recover the bone's shape and pose from one X-ray, or from several whose
     cameras share one world frame.
 
@@ -194,20 +259,30 @@ def reconstruct(image, camera=None, *, cameras=None, sdd_mm: float | None = None
             ``xrecon/weights/recon_default.pt``).
         config: :class:`xrecon.methods.recon.pipeline.ReconConfig`.
         multiview_config: :class:`xrecon.methods.recon.multiview.MultiViewConfig` (several views).
+        independent_views: several images whose relative poses are unknown (films
+            taken separately): one shape, one pose per view (:func:`load_views`).
 
     Returns:
         :class:`xrecon.methods.recon.pipeline.Reconstruction` (``success``,
         ``confident`` and ``notes`` say how far to trust it); with several images a
-        :class:`xrecon.methods.recon.multiview.MultiViewReconstruction` (world frame).
+        :class:`xrecon.methods.recon.multiview.MultiViewReconstruction` (world frame),
+        or with ``independent_views`` an
+        :class:`xrecon.methods.recon.independent_views.IndependentViewsReconstruction`
+        (one ``model_to_cam`` per view).
     """
     from xrecon.methods.recon.pipeline import ReconConfig, reconstruct_image
 
     if _several(image):
         imgs, cams = load_views(image, cameras if cameras is not None else camera, sdd_mm=sdd_mm,
-                                pixel_spacing_mm=pixel_spacing_mm)
+                                pixel_spacing_mm=pixel_spacing_mm, independent_views=independent_views)
         from xrecon.methods.recon.multiview import MultiViewConfig, reconstruct_images
 
         net, space, _info = _load_model(None if model is None else str(model))
+        if independent_views:
+            from xrecon.methods.recon.independent_views import reconstruct_independent_images
+
+            return reconstruct_independent_images(net, space, imgs, cams, config or ReconConfig(),
+                                                  multiview_config or MultiViewConfig())
         return reconstruct_images(net, space, imgs, cams, config or ReconConfig(),
                                   multiview_config or MultiViewConfig())
     image, camera = _one(image, camera, cameras)
@@ -301,10 +376,37 @@ class MultiViewRegistration:
         return bool(self.registration.success)
 
 
+@dataclass
+class IndependentViewsRegistration:
+    """Result of :func:`register` given several X-rays whose relative poses are unknown
+    (``independent_views=True``).
+
+    Attributes:
+        ct_to_cam: one ``(4, 4)`` CT (RAS+ world of the file) to camera pose per view
+            (NaN for a view the solve refused).
+        reconstruction: the :class:`~xrecon.methods.recon.independent_views.IndependentViewsReconstruction`.
+        registration: the :class:`~xrecon.methods.recon.independent_views.IndependentViewsCTRegistration`.
+        bone: the CT's bone surface used (CT frame); cameras, images: the views.
+        ct_source: the CT the poses are of.
+    """
+
+    ct_to_cam: list
+    reconstruction: object
+    registration: object
+    bone: object
+    cameras: list
+    images: list
+    ct_source: str = ""
+
+    @property
+    def success(self) -> bool:
+        return bool(self.registration.success)
+
+
 def register(image, camera, ct, labels=None, structures=None, refine: bool = False, *, cameras=None,
              sdd_mm: float | None = None, pixel_spacing_mm: float | None = None,
              model: str | Path | None = None, config=None, threshold_hu: float | None = None,
-             refine_config=None, label_names=None, multiview_config=None):
+             refine_config=None, label_names=None, multiview_config=None, independent_views: bool = False):
     """Register a CT to one X-ray through the patient-wide reconstruction, or to
     several X-rays whose cameras share one world frame.
 
@@ -321,6 +423,8 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
         label_names: names of the label map's ids (see :func:`ct_bone`).
         refine_config: :class:`xrecon.solve.refine.RefineConfig` of the intensity
             refinement (default :func:`recon_refine_config`).
+        independent_views: several X-rays whose relative poses are unknown: one CT pose
+            per view, returned as an :class:`IndependentViewsRegistration`.
     """
     from xrecon.anatomy.ct_io import read_ct
     from xrecon.anatomy.volume import Volume
@@ -330,7 +434,7 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
             raise InputError("intensity refinement over several X-rays is not available yet: register without "
                              "refine (--refine), or refine one view at a time")
         imgs, cams = load_views(image, cameras if cameras is not None else camera, sdd_mm=sdd_mm,
-                                pixel_spacing_mm=pixel_spacing_mm)
+                                pixel_spacing_mm=pixel_spacing_mm, independent_views=independent_views)
         ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
         from xrecon.methods.recon.multiview import MultiViewConfig, reconstruct_images, register_ct_views
         from xrecon.methods.recon.pipeline import ReconConfig
@@ -338,6 +442,14 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
         cfg = config or ReconConfig()
         bone = ct_bone(ct_vol, labels, structures, threshold_hu=threshold_hu, label_names=label_names)
         net, space, _info = _load_model(None if model is None else str(model))
+        if independent_views:
+            from xrecon.methods.recon.independent_views import (reconstruct_independent_images,
+                                                                register_ct_independent)
+
+            irec = reconstruct_independent_images(net, space, imgs, cams, cfg, multiview_config or MultiViewConfig())
+            pts, nrm = bone.sample_points(30000, seed=cfg.seed)
+            ireg = register_ct_independent(irec, pts, nrm, cfg, ct_mesh=(bone.vertices, bone.faces))
+            return IndependentViewsRegistration(ireg.ct_to_cam, irec, ireg, bone, cams, imgs, str(ct_vol.source))
         mrec = reconstruct_images(net, space, imgs, cams, cfg, multiview_config or MultiViewConfig())
         pts, nrm = bone.sample_points(30000, seed=cfg.seed)
         reg = register_ct_views(mrec, pts, nrm, cfg, ct_mesh=(bone.vertices, bone.faces))

@@ -2,7 +2,7 @@
 
 :func:`read_xray` returns a float32 ``(H, W)`` image scaled to [0, 1] **with
 bone bright** (as in a DRR) and the :class:`~xrecon.geometry.camera.Camera` of
-that image (pose = identity unless the sidecar gives ``world_to_cam``).
+that image (pose = identity unless the geometry gives one: see below).
 
 Formats: PNG (8 / 16 bit), TIFF (integer or float, one page), DICOM (one
 frame; ``MONOCHROME1`` is inverted so that bone is bright). RGB(A) files are
@@ -19,6 +19,14 @@ Geometry, first found wins for each of ``sdd_mm`` and ``pixel_spacing_mm``:
    ``Camera.save`` file is a valid sidecar;
 3. DICOM tags: DistanceSourceToDetector (0018,1110) and ImagerPixelSpacing
    (0018,1164), else PixelSpacing (0028,0030) (both stored as row, column).
+
+The pose (``world_to_cam``), first found wins: the JSON's ``world_to_cam``; the
+JSON's C-arm angles ``primary_angle_deg``, ``secondary_angle_deg``,
+``source_to_isocentre_mm``; the DICOM tags PositionerPrimaryAngle (0018,1510),
+PositionerSecondaryAngle (0018,1511) and DistanceSourceToPatient (0018,1111).
+Angles give the view's pose in the C-arm's isocentre frame
+(:mod:`xrecon.geometry.carm`); :func:`read_geometry` says which one an image has,
+without decoding its pixels.
 
    A single-valued spacing tag (the standard requires two, row and column) is
    refused, naming the tag, unless the spacing comes from 1. or 2.
@@ -333,15 +341,7 @@ def _looks_like_dicom(path: Path) -> bool:
 def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     """Stored pixel values (the rescale is applied later, after any shrink, by
     :func:`read_xray`) and the geometry tags."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(str(path), defer_size="1 MB")  # pixel data read only when decoded
-    except InvalidDicomError as exc:
-        raise InputError(f"not a DICOM file ({exc})", path) from exc
-    except Exception as exc:  # truncated / malformed header
-        raise InputError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path) from exc
+    ds = _open_dicom(path, defer_size="1 MB")  # pixel data read only when decoded
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise InputError(f"DICOM holds {frames} frames; expected one X-ray image", path)
@@ -361,7 +361,27 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
         # the largest rescaled value of the whole stored image (x * slope + intercept is monotonic)
         peak = float((np.array([arr.min(), arr.max()], np.float64) * slope + intercept).max())
-    tags: dict = {"rescale": (slope, intercept, peak), "_tag_problems": {}}
+    tags = _dicom_geometry_tags(ds)
+    tags["rescale"] = (slope, intercept, peak)
+    return arr, tags
+
+
+def _open_dicom(path: Path, **kwargs):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(str(path), **kwargs)
+    except InvalidDicomError as exc:
+        raise InputError(f"not a DICOM file ({exc})", path) from exc
+    except Exception as exc:  # truncated / malformed header
+        raise InputError(f"cannot read DICOM ({type(exc).__name__}: {exc})", path) from exc
+
+
+def _dicom_geometry_tags(ds) -> dict:
+    """What a DICOM header says of the geometry: ``sdd_mm``, ``pixel_spacing_mm``,
+    ``carm`` and ``_tag_problems`` (see :func:`_read_pixels`)."""
+    tags: dict = {"_tag_problems": {}}
     if "DistanceSourceToDetector" in ds:
         try:
             sdd = float(ds.DistanceSourceToDetector)
@@ -372,6 +392,7 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
         else:
             tags["_tag_problems"]["sdd_mm"] = (f"DICOM tag DistanceSourceToDetector (0018,1110) is "
                                                f"{ds.DistanceSourceToDetector!r}, not a positive distance in mm")
+    _carm_tags(ds, tags)
     for keyword, tag in (("ImagerPixelSpacing", "(0018,1164)"), ("PixelSpacing", "(0028,0030)")):
         if keyword not in ds or ds[keyword].value in (None, ""):
             continue
@@ -381,7 +402,42 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
         else:
             tags["_tag_problems"]["pixel_spacing_mm"] = f"DICOM tag {keyword} {tag} {problem}"
         break  # ImagerPixelSpacing, when present, is the detector's; PixelSpacing only as a fallback
-    return arr, tags
+    return tags
+
+
+#: DICOM keyword, tag and the camera JSON field of each part of a C-arm pose (:mod:`xrecon.geometry.carm`)
+CARM_TAGS = (("PositionerPrimaryAngle", "(0018,1510)", "primary_angle_deg"),
+             ("PositionerSecondaryAngle", "(0018,1511)", "secondary_angle_deg"),
+             ("DistanceSourceToPatient", "(0018,1111)", "source_to_isocentre_mm"))
+
+
+def _carm_tags(ds, tags: dict) -> None:
+    """The C-arm pose of a DICOM header into ``tags["carm"]`` (a
+    :class:`~xrecon.geometry.carm.CArmAngles`) when all three tags hold numbers;
+    when only some do, or one is malformed, ``tags["_tag_problems"]["carm"]``
+    says which (raised only when the pose is needed)."""
+    present = [(kw, tag, field) for kw, tag, field in CARM_TAGS if kw in ds and ds[kw].value not in (None, "")]
+    if not present:
+        return
+    if len(present) < len(CARM_TAGS):
+        missing = [f"{kw} {tag}" for kw, tag, _ in CARM_TAGS if (kw, tag, _) not in present]
+        tags["_tag_problems"]["carm"] = (f"DICOM gives {', '.join(kw for kw, _, _ in present)} but not "
+                                         f"{', '.join(missing)}: a C-arm pose needs all three")
+        return
+    values = {}
+    for kw, tag, field in CARM_TAGS:
+        try:
+            values[field] = float(ds[kw].value)
+        except (TypeError, ValueError):
+            tags["_tag_problems"]["carm"] = f"DICOM tag {kw} {tag} holds {ds[kw].value!r}, not a number"
+            return
+    from xrecon.geometry.carm import CArmAngles
+
+    try:
+        tags["carm"] = CArmAngles(values["primary_angle_deg"], values["secondary_angle_deg"],
+                                  values["source_to_isocentre_mm"])
+    except InputError as exc:
+        tags["_tag_problems"]["carm"] = f"DICOM positioner tags: {exc.problem}"
 
 
 def _dicom_spacing(value) -> tuple[tuple[float, float] | None, str]:
@@ -444,8 +500,17 @@ def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict
     side = parse_camera_json(read_camera_json(side_path), side_path) if side_path is not None else {}
     args = {"sdd_mm": _positive("sdd_mm", sdd_mm), "pixel_spacing_mm": _spacing_argument(pixel_spacing_mm)}
     geo: dict = {"_source": side_path or path}
-    for key in ("K", "principal_offset_mm", "world_to_cam", "height", "width"):
+    for key in ("K", "principal_offset_mm", "world_to_cam", "carm", "height", "width"):
         geo[key] = side.get(key)
+    # the pose: the JSON's world_to_cam or C-arm angles, else the DICOM positioner tags
+    geo["pose_kind"], geo["pose_source"], geo["pose_problem"] = None, None, None
+    if geo["world_to_cam"] is not None or geo["carm"] is not None:
+        geo["pose_kind"] = "world_to_cam" if geo["world_to_cam"] is not None else "carm"
+        geo["pose_source"] = side_path
+    elif tags.get("carm") is not None:
+        geo["carm"], geo["pose_kind"], geo["pose_source"] = tags["carm"], "carm", path
+    elif "carm" in tags.get("_tag_problems", {}):
+        geo["pose_problem"] = tags["_tag_problems"]["carm"]
     if args["sdd_mm"] is not None or args["pixel_spacing_mm"] is not None:
         geo["K"] = None  # explicit arguments win over a sidecar's intrinsics
     problems = tags.get("_tag_problems", {})
@@ -471,7 +536,34 @@ def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict
             "or use a DICOM with DistanceSourceToDetector and ImagerPixelSpacing",
             path,
         )
+    if geo["carm"] is not None and geo["sdd_mm"] is not None and geo["carm"].source_to_isocentre_mm >= geo["sdd_mm"]:
+        raise InputError(f"the source-to-isocentre distance ({geo['carm'].source_to_isocentre_mm:g} mm) is not below "
+                         f"the source-to-detector distance ({geo['sdd_mm']:g} mm): the isocentre lies between the "
+                         "source and the detector", geo["pose_source"])
     return geo
+
+
+def read_geometry(path: str | Path, *, sidecar: str | Path | None = None, sdd_mm: float | None = None,
+                  pixel_spacing_mm=None) -> dict:
+    """The geometry :func:`read_xray` would use for ``path`` (same arguments), without
+    decoding its pixels (a DICOM's header only).
+
+    Returns a dict with ``sdd_mm``, ``pixel_spacing_mm``, ``K``, ``principal_offset_mm``,
+    ``height``, ``width`` (``None`` where absent) and the pose: ``pose_kind``
+    (``"world_to_cam"``: the JSON's matrix, in whatever frame the JSON's author
+    chose; ``"carm"``: C-arm angles, the isocentre frame of
+    :mod:`xrecon.geometry.carm`; ``None``: no pose), ``pose_source`` (the file it
+    came from), ``world_to_cam`` / ``carm`` and ``pose_problem`` (why positioner
+    tags that are present give no pose, else ``None``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such image file", path)
+    suffix = path.suffix.lower()
+    tags: dict = {}
+    if suffix not in PIL_SUFFIXES + TIFF_SUFFIXES and (suffix in DICOM_SUFFIXES or _looks_like_dicom(path)):
+        tags = _dicom_geometry_tags(_open_dicom(path, stop_before_pixels=True))
+    return _geometry(path, sidecar, tags, sdd_mm, pixel_spacing_mm)
 
 
 def _positive(name: str, value) -> float | None:
@@ -514,6 +606,8 @@ def _camera(geo: dict, height: int, width: int) -> Camera:
                                       principal_offset_mm=geo.get("principal_offset_mm") or (0.0, 0.0))
     if geo.get("world_to_cam") is not None:
         camera = camera.with_pose(geo["world_to_cam"])
+    elif geo.get("carm") is not None:
+        camera = camera.with_pose(geo["carm"].world_to_cam())
     return camera
 
 

@@ -255,7 +255,8 @@ class Camera:
             K = torch.as_tensor(f["K"])
         else:
             K = intrinsics_from_detector(f["sdd_mm"], sp, h, w, f["principal_offset_mm"] or (0.0, 0.0))
-        pose = np.eye(4) if f["world_to_cam"] is None else f["world_to_cam"]
+        pose = f["world_to_cam"] if f["world_to_cam"] is not None else (
+            f["carm"].world_to_cam() if f["carm"] is not None else np.eye(4))
         return cls(K, torch.as_tensor(pose), h, w, sp)
 
     def save(self, path: str | Path, i: int = 0) -> None:
@@ -304,11 +305,17 @@ def parse_camera_json(d, source: str | Path | None = None) -> dict:
     ``sdd_mm``                    positive finite number
     ``pixel_spacing_mm``          positive finite ``dx`` or ``[dx, dy]`` (columns, rows)
     ``principal_offset_mm``       two finite numbers ``[x0, y0]``
+    ``primary_angle_deg``,        a C-arm view's pose about its isocentre
+    ``secondary_angle_deg``,      (:mod:`xrecon.geometry.carm`): all three or none;
+    ``source_to_isocentre_mm``    finite angles in [-180, 180] / [-90, 90] (deg),
+                                  a distance > 0 and below ``sdd_mm`` (mm); not
+                                  together with ``world_to_cam`` (one pose per file)
     ============================  =================================================
 
     Returns a dict with those keys: ``height``/``width`` int, ``K`` ``(3, 3)`` and
     ``world_to_cam`` ``(4, 4)`` float64 arrays, ``sdd_mm`` float,
-    ``pixel_spacing_mm`` and ``principal_offset_mm`` float pairs; ``None`` where absent.
+    ``pixel_spacing_mm`` and ``principal_offset_mm`` float pairs, ``carm`` a
+    :class:`~xrecon.geometry.carm.CArmAngles`; ``None`` where absent.
 
     Raises:
         InputError: naming ``source`` (the JSON file), the field, what it must
@@ -321,7 +328,7 @@ def parse_camera_json(d, source: str | Path | None = None) -> dict:
         return InputError(f"camera JSON field '{field}' {problem}", source)
 
     out: dict = {k: None for k in ("height", "width", "K", "world_to_cam", "sdd_mm", "pixel_spacing_mm",
-                                   "principal_offset_mm")}
+                                   "principal_offset_mm", "carm")}
     for field in ("height", "width"):
         v = d.get(field)
         if v is None:
@@ -386,7 +393,34 @@ def parse_camera_json(d, source: str | Path | None = None) -> dict:
                                       f"got max |R^T R - I| = {ortho:.2g}, det R = {det:.6g} "
                                       f"(tolerance {ROTATION_TOLERANCE:g}; write it with at least 6 decimals)")
         out["world_to_cam"] = T
+
+    given = [k for k in CARM_FIELDS if d.get(k) is not None]
+    if given:
+        from xrecon.geometry.carm import CArmAngles
+
+        if len(given) < len(CARM_FIELDS):
+            missing = [k for k in CARM_FIELDS if k not in given]
+            raise bad(missing[0], f"is missing: a C-arm pose needs all of {', '.join(CARM_FIELDS)} (gives "
+                                  f"{', '.join(given)})")
+        for k in CARM_FIELDS:
+            if not _is_number(d[k]):
+                raise bad(k, f"must be a number, got {d[k]!r}")
+        if out["world_to_cam"] is not None:
+            raise bad("world_to_cam", "and C-arm angles (primary_angle_deg, ...) are both given: give one pose, "
+                                      "world_to_cam (any shared frame) or the angles (the isocentre frame)")
+        try:
+            out["carm"] = CArmAngles(*(float(d[k]) for k in CARM_FIELDS))
+        except InputError as exc:
+            raise InputError(f"camera JSON: {exc.problem}", source) from None
+        if out["sdd_mm"] is not None and out["carm"].source_to_isocentre_mm >= out["sdd_mm"]:
+            raise bad("source_to_isocentre_mm", f"({out['carm'].source_to_isocentre_mm:g} mm) must be below "
+                                                f"sdd_mm ({out['sdd_mm']:g} mm): the isocentre lies between the "
+                                                "source and the detector")
     return out
+
+
+#: the camera JSON fields of a C-arm pose (:mod:`xrecon.geometry.carm`)
+CARM_FIELDS = ("primary_angle_deg", "secondary_angle_deg", "source_to_isocentre_mm")
 
 
 def _is_number(v) -> bool:

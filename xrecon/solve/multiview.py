@@ -11,7 +11,9 @@ size (../shared/DATA.md; docs/multiview.md).
 * :func:`refine_ct_to_world`: one rigid ``ct_to_world`` and one similarity
   ``model_to_ct`` refined together on every view's reprojection residuals and
   the predicted points' distance to the CT surface (the several-view form of
-  :func:`xrecon.solve.joint.solve_joint`'s refinement).
+  :func:`xrecon.solve.joint.solve_joint`'s refinement);
+* :func:`refine_ct_to_cams`: the same when the views share no frame (films
+  taken separately): one ``ct_to_cam`` per view, one ``model_to_ct`` for all.
 
 All poses are ``(4, 4)`` ``a_to_b`` matrices acting on column vectors
 (:mod:`xrecon.geometry`).
@@ -138,6 +140,45 @@ def refine_ct_to_world(ct_to_world0: np.ndarray, model_to_ct0: np.ndarray, views
         rounds: nearest-surface re-association rounds.
         max_points_per_view: a seeded random subset of each view's points (cost is linear in them).
     """
+    fit, poses = _refine_ct(np.asarray(ct_to_world0, np.float64)[None], model_to_ct0, views, ct_points, ct_normals,
+                            sigma_mm=sigma_mm, rounds=rounds, max_nfev=max_nfev,
+                            max_points_per_view=max_points_per_view, seed=seed)
+    fit.ct_to_world = poses[0]
+    return fit
+
+
+def refine_ct_to_cams(ct_to_cam0: list[np.ndarray], model_to_ct0: np.ndarray, views: list[ViewPoints],
+                      ct_points: np.ndarray, ct_normals: np.ndarray, *, sigma_mm: float = 2.0, rounds: int = 3,
+                      max_nfev: int = 50, max_points_per_view: int = 1500,
+                      seed: int = 0) -> tuple[MultiViewCTFit, list[np.ndarray]]:
+    """Views whose relative poses are unknown: one rigid ``ct_to_cam_i`` per view and
+    one similarity ``model_to_ct`` shared by all, refined together.
+
+    The cost is :func:`refine_ct_to_world`'s with ``world_to_cam_i @ ct_to_world``
+    replaced by a free ``ct_to_cam_i`` per view (each ``ViewPoints.world_to_cam``
+    is applied after it: pass the identity). What the views share is the CT and
+    the mapping of the predicted model points onto it; each view's depth is fixed
+    by the CT's known size, as with one view.
+
+    Returns the fit (its ``ct_to_world`` is NaN: there is no shared frame) and the
+    ``(4, 4)`` ``ct_to_cam`` of each view.
+    """
+    if len(ct_to_cam0) != len(views):
+        raise ShapeError("ct_to_cam0", f"one (4, 4) per view ({len(views)})", (len(ct_to_cam0),))
+    fit, poses = _refine_ct(np.asarray(ct_to_cam0, np.float64).reshape(-1, 4, 4), model_to_ct0, views, ct_points,
+                            ct_normals, sigma_mm=sigma_mm, rounds=rounds, max_nfev=max_nfev,
+                            max_points_per_view=max_points_per_view, seed=seed)
+    fit.ct_to_world = np.full((4, 4), np.nan)
+    return fit, poses
+
+
+def _refine_ct(poses0: np.ndarray, model_to_ct0: np.ndarray, views: list[ViewPoints], ct_points: np.ndarray,
+               ct_normals: np.ndarray, *, sigma_mm: float, rounds: int, max_nfev: int, max_points_per_view: int,
+               seed: int) -> tuple[MultiViewCTFit, list[np.ndarray]]:
+    """The robust refinement behind :func:`refine_ct_to_world` (``poses0: (1, 4, 4)``, one
+    pose shared by every view) and :func:`refine_ct_to_cams` (``(V, 4, 4)``, one per view).
+    Parameters: 6 per pose (rotation vector, translation: left increments), then 7 of
+    ``model_to_ct`` (rotation vector, translation, log scale)."""
     from scipy.optimize import least_squares
     from scipy.spatial import cKDTree
 
@@ -145,6 +186,8 @@ def refine_ct_to_world(ct_to_world0: np.ndarray, model_to_ct0: np.ndarray, views
     nrm = np.asarray(ct_normals, np.float64)
     if ct.ndim != 2 or ct.shape[1] != 3 or nrm.shape != ct.shape:
         raise ShapeError("ct_points, ct_normals", "(P, 3), (P, 3)", (ct.shape, nrm.shape))
+    n_poses = len(poses0)
+    shared = n_poses == 1
     rng = np.random.default_rng(seed)
     sub = []
     for v in views:
@@ -159,25 +202,35 @@ def refine_ct_to_world(ct_to_world0: np.ndarray, model_to_ct0: np.ndarray, views
     p_all = np.concatenate([s[0] for s in sub])
     sw_all = np.concatenate([s[2] for s in sub])
     tree = cKDTree(ct)
-    A0, B0 = np.asarray(ct_to_world0, np.float64).copy(), np.asarray(model_to_ct0, np.float64).copy()
+    A0 = [P.copy() for P in np.asarray(poses0, np.float64)]
+    B0 = np.asarray(model_to_ct0, np.float64).copy()
     history: list[float] = []
+    off = 6 * n_poses
 
     def unpack(x, A0, B0):
-        A = np.eye(4)
-        A[:3, :3], A[:3, 3] = _rotvec(x[:3]), x[3:6]
+        As = []
+        for k in range(n_poses):
+            A = np.eye(4)
+            A[:3, :3], A[:3, 3] = _rotvec(x[6 * k : 6 * k + 3]), x[6 * k + 3 : 6 * k + 6]
+            As.append(A @ A0[k])
         B = np.eye(4)
-        B[:3, :3], B[:3, 3] = np.exp(x[12]) * _rotvec(x[6:9]), x[9:12]
-        return A @ A0, B @ B0
+        B[:3, :3], B[:3, 3] = np.exp(x[off + 6]) * _rotvec(x[off : off + 3]), x[off + 3 : off + 6]
+        return As, B @ B0
+
+    def failed(reason: str):
+        nan44 = np.full((4, 4), np.nan)
+        return (MultiViewCTFit(nan44, nan44, float("nan"), np.full(len(views), np.nan), float("nan"), history, False,
+                               reason), [nan44.copy() for _ in range(n_poses)])
 
     for _ in range(max(1, rounds)):
         _, j = tree.query(apply(B0, p_all))
         c, n_c = ct[j], nrm[j]
 
         def residuals(x, A0=A0, B0=B0, c=c, n_c=n_c):
-            A, B = unpack(x, A0, B0)
+            As, B = unpack(x, A0, B0)
             out = []
-            for p, uv, sw, K, w2c, spx in sub:
-                pc = apply(w2c @ A @ B, p)
+            for k, (p, uv, sw, K, w2c, spx) in enumerate(sub):
+                pc = apply(w2c @ As[0 if shared else k] @ B, p)
                 h = pc @ K.T
                 out.append(((h[:, :2] / np.maximum(h[:, 2:3], 1e-6) - uv) * (sw / spx)[:, None]).ravel())
             q = apply(B, p_all)
@@ -185,22 +238,18 @@ def refine_ct_to_world(ct_to_world0: np.ndarray, model_to_ct0: np.ndarray, views
             return np.concatenate(out)
 
         try:
-            sol = least_squares(residuals, np.zeros(13), loss="soft_l1", f_scale=1.0, max_nfev=max_nfev,
+            sol = least_squares(residuals, np.zeros(off + 7), loss="soft_l1", f_scale=1.0, max_nfev=max_nfev,
                                 x_scale="jac")
         except (ValueError, np.linalg.LinAlgError) as exc:
-            nan44 = np.full((4, 4), np.nan)
-            return MultiViewCTFit(nan44, nan44, float("nan"), np.full(len(views), np.nan), float("nan"), history,
-                                  False, f"least squares failed: {exc}")
+            return failed(f"least squares failed: {exc}")
         A0, B0 = unpack(sol.x, A0, B0)
         history.append(float(sol.cost))
-    if not (np.isfinite(A0).all() and np.isfinite(B0).all()):
-        nan44 = np.full((4, 4), np.nan)
-        return MultiViewCTFit(nan44, nan44, float("nan"), np.full(len(views), np.nan), float("nan"), history, False,
-                              "the refinement diverged (non-finite pose)")
+    if not (all(np.isfinite(A).all() for A in A0) and np.isfinite(B0).all()):
+        return failed("the refinement diverged (non-finite pose)")
     errs = []
-    for p, uv, sw, K, w2c, _ in sub:
-        h = apply(w2c @ A0 @ B0, p) @ K.T
+    for k, (p, uv, sw, K, w2c, _) in enumerate(sub):
+        h = apply(w2c @ A0[0 if shared else k] @ B0, p) @ K.T
         errs.append(float(np.linalg.norm(h[:, :2] / np.maximum(h[:, 2:3], 1e-6) - uv, axis=1).mean()))
     scale_ct = float(np.cbrt(np.linalg.det(B0[:3, :3])))
     surf = float(tree.query(apply(B0, p_all))[0].mean())
-    return MultiViewCTFit(A0, B0, 1.0 / scale_ct, np.asarray(errs), surf, history, True)
+    return MultiViewCTFit(A0[0], B0, 1.0 / scale_ct, np.asarray(errs), surf, history, True), A0
