@@ -19,7 +19,8 @@ from xrecon.geometry import Camera
 from xrecon.methods.rayemb.loss import bilinear_target, ray_contrastive_loss, sample_embeddings
 from xrecon.methods.rayemb.register import (LandmarkDetections, locate_landmarks, pose_from_detections,
                                             select_confident)
-from xrecon.methods.rayemb.subspace import plucker_embedding, projection_matrix, subspace_similarity
+from xrecon.methods.rayemb.subspace import (plucker_embedding, projection_matrix, similarity_maps, subspace_basis,
+                                            subspace_similarity)
 from xrecon.methods.rayemb.templates import TemplateSet, project, template_poses
 
 SIZE = 48
@@ -71,6 +72,11 @@ def test_invalid_templates_are_ignored():
     torch.testing.assert_close(got, want, atol=1e-7, rtol=0)
     P = projection_matrix(emb[valid])
     torch.testing.assert_close(got, ((query @ P) * query).sum(-1) / (query * query).sum(-1), atol=1e-7, rtol=0)
+    # the one-product path used on whole images gives the same numbers for several landmarks
+    many = torch.randn(3, 5, 16, generator=g, dtype=torch.float64)
+    masks = torch.rand(3, 5, generator=g) > 0.3
+    maps = similarity_maps(query, subspace_basis(many, masks, eps=1e-10))
+    torch.testing.assert_close(maps, subspace_similarity(query[None], many, masks, eps=1e-10), atol=1e-9, rtol=0)
 
 
 # ---------------------------------------------------------------------- loss
@@ -361,3 +367,42 @@ def test_train_rayemb_runs_the_shared_loop_and_writes_a_loadable_model(tmp_path)
     net, info = load_rayemb_model(path)
     assert net.config.embed_dim == 8 and info["epochs_run"] == 1
     assert np.isfinite(info["best_val_metrics"]["argmax_error_px"])
+
+
+def test_the_registrar_maps_found_pixels_back_to_the_input_image_and_keeps_its_templates(tmp_path, monkeypatch):
+    """A smoke run of the whole inference on a small CT with an untrained network:
+    it must run, report pixels in the input image's grid (64 px for a 32 px network)
+    and build the templates once."""
+    from xrecon.methods.rayemb.network import RayEmbNet, RayEmbNetConfig
+    from xrecon.methods.rayemb.register import RayEmbConfig, RayEmbRegistrar
+    from xrecon.methods.rayemb.templates import render_templates
+
+    monkeypatch.setenv("XRECON_CACHE_DIR", str(tmp_path))
+    torch.manual_seed(0)
+    net = RayEmbNet(RayEmbNetConfig(embed_dim=8, base_channels=4, levels=2, image_size=32)).eval()
+    ct = _ball_ct()
+    cfg = RayEmbConfig(n_landmarks=12, max_landmarks=12, min_score=0.0, n_samples=48,
+                       template_angles_deg=((-20.0, 0.0), (0.0, 0.0), (20.0, 0.0)))
+    reg = RayEmbRegistrar(net, ct, config=cfg)
+    cam = _camera(64)
+    pose = template_poses(reg.centre_ct, [(10.0, 5.0)], 765.0)
+    image = render_templates(ct, cam, pose, n_samples=48)[0].numpy()
+    res = reg.register(image, cam)
+    assert res.detections.uv.shape == (12, 2) and res.detections.score.shape == (12,)
+    searched = np.isfinite(res.detections.score)
+    assert searched.any()
+    assert np.all((res.detections.uv[searched] > -1) & (res.detections.uv[searched] < 64))
+    assert res.n_confident == int(res.detections.confident.sum())
+    assert res.success or res.reason
+    built = reg._templates.copy()
+    reg.register(image, cam)
+    assert reg._templates.keys() == built.keys() and all(reg._templates[k] is built[k] for k in built)
+
+
+def test_the_train_command_is_wired_and_checks_its_options(tmp_path, capsys):
+    from xrecon.cli.main import run
+
+    with pytest.raises(SystemExit) as info:
+        run(["train", "rayemb", "--out", str(tmp_path / "o"), "--embed-dim", "2"])
+    assert info.value.code == 2
+    assert "embed-dim" in capsys.readouterr().err

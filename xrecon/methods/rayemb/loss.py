@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from xrecon.errors import ShapeError
-from xrecon.methods.rayemb.subspace import subspace_similarity
+from xrecon.methods.rayemb.subspace import similarity_maps, subspace_basis
 
 
 def sample_embeddings(embedding: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,7 @@ def ray_contrastive_loss(embeddings: torch.Tensor, uv: torch.Tensor, valid: torc
             use = valid[s, :, q] & (others.sum(1) >= min_templates)
             if not use.any():
                 continue
-            sim = subspace_similarity(flat[q][None], rays[use], others[use], eps=eps)  # (L', HW)
+            sim = similarity_maps(flat[q], subspace_basis(rays[use], others[use], eps))  # (L', HW)
             logp = F.log_softmax(sim / tau, dim=-1)
             target = bilinear_target(uv[s, use, q].to(sim.dtype), h, w)
             total = total - (target * logp).sum()

@@ -33,7 +33,7 @@ from xrecon.anatomy.volume import Volume
 from xrecon.errors import InputError, ShapeError
 from xrecon.geometry import Camera
 from xrecon.methods.rayemb.landmarks import sample_ct_landmarks
-from xrecon.methods.rayemb.subspace import subspace_similarity
+from xrecon.methods.rayemb.subspace import similarity_maps, subspace_basis
 from xrecon.methods.rayemb.templates import (DEFAULT_TEMPLATE_ANGLES, TemplateSet, build_templates,
                                              template_cache_key, template_poses)
 
@@ -142,7 +142,7 @@ def locate_landmarks(query_embedding: torch.Tensor, templates: TemplateSet, *, m
     if query_embedding.ndim != 3 or query_embedding.shape[0] != templates.embeddings.shape[-1]:
         raise ShapeError("query_embedding", f"({templates.embeddings.shape[-1]}, H, W)", tuple(query_embedding.shape))
     d, h, w = query_embedding.shape
-    flat = query_embedding.reshape(d, -1).T.to(templates.embeddings.dtype)[None]  # (1, HW, D)
+    flat = query_embedding.reshape(d, -1).T.to(templates.embeddings.dtype)  # (HW, D)
     n = len(templates)
     uv = torch.full((n, 2), float("nan"), dtype=torch.float64)
     score = torch.full((n,), float("nan"), dtype=torch.float64)
@@ -150,7 +150,7 @@ def locate_landmarks(query_embedding: torch.Tensor, templates: TemplateSet, *, m
     searched = torch.nonzero(templates.valid.sum(1) >= min_templates)[:, 0]
     for start in range(0, len(searched), chunk):
         ids = searched[start:start + chunk]
-        sim = subspace_similarity(flat, templates.embeddings[ids], templates.valid[ids], eps=eps)  # (c, HW)
+        sim = similarity_maps(flat, subspace_basis(templates.embeddings[ids], templates.valid[ids], eps))  # (c, HW)
         best, idx = sim.max(dim=1)
         uv[ids] = _subpixel(sim, idx, h, w).double()
         score[ids] = best.double()
