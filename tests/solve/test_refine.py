@@ -9,7 +9,7 @@ from xrecon.errors import InputError, ShapeError
 from xrecon.geometry import Camera, se3
 from xrecon.metrics.registration import mtre_mm
 from xrecon.sim.drr import DrrRenderer
-from xrecon.solve.refine import IntensityRefiner, PoseIncrement, RefineConfig, RefineLevel
+from xrecon.solve.refine import IntensityRefiner, MultiViewRefiner, PoseIncrement, RefineConfig, RefineLevel
 
 torch.set_num_threads(1)
 
@@ -105,3 +105,64 @@ def test_bad_arguments_raise_typed_errors(scene):
     refiner = IntensityRefiner(ct, cam, config=RefineConfig(levels=LEVELS[:1]))
     with pytest.raises(ShapeError):
         refiner.refine(xray[:10], gt)
+
+
+def _rot_z(deg: float) -> torch.Tensor:
+    c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    T = torch.eye(4, dtype=torch.float64)
+    T[:2, :2] = torch.tensor([[c, -s], [s, c]])
+    return T
+
+
+@pytest.fixture(scope="module")
+def two_views(scene):
+    """The ball phantom seen AP and from 90 deg about the world's z axis, one world frame."""
+    ct, cam, gt, xray = scene
+    lateral = gt @ _rot_z(90.0)
+    with torch.no_grad():
+        xray_lat = DrrRenderer(ct, cam, spacing_mm=2.0)(lateral[None])[0]
+    return ct, cam, torch.stack([gt, lateral]), [xray, xray_lat]
+
+
+def test_one_view_multiview_refinement_equals_the_single_view_one(scene):
+    ct, cam, gt, xray = scene
+    config = RefineConfig(levels=LEVELS[:1])
+    start = _perturbed(gt, 3.0, 6.0, seed=1)
+    single = IntensityRefiner(ct, cam, config=config).refine(xray, start)
+    # world = camera: the CT-to-world start is the camera pose itself
+    multi = MultiViewRefiner(ct, [cam], config=config).refine([xray], torch.eye(4)[None], start)
+    assert single.success and multi.success
+    np.testing.assert_allclose(multi.world_to_cam, single.world_to_cam, atol=1e-6)
+    assert multi.n_iterations == single.n_iterations
+
+
+def test_a_second_view_fixes_the_depth_that_one_view_leaves_loose(two_views):
+    ct, cam, w2c, xrays = two_views
+    start = torch.eye(4, dtype=torch.float64)
+    start[:3, 3] = torch.tensor([1.0, 12.0, -1.0])  # 12 mm along the AP ray (world y)
+    start = start @ _rot_z(2.0)
+    before = float(mtre_mm(start, torch.eye(4), BALLS))
+    refiner = MultiViewRefiner(ct, [cam, cam], config=RefineConfig(levels=LEVELS))
+    res = refiner.refine(xrays, w2c, start)
+    after = float(mtre_mm(torch.tensor(res.world_to_cam), torch.eye(4), BALLS))
+    assert res.success, res.reason
+    assert before > 10.0 and after < 1.0
+    # the AP view alone moves the balls across its image, hardly along its ray
+    single = IntensityRefiner(ct, cam, config=RefineConfig(levels=LEVELS)).refine(xrays[0], w2c[0] @ start)
+    depth_single = abs(float((torch.linalg.inv(w2c[0]) @ torch.tensor(single.world_to_cam))[1, 3]))
+    assert depth_single > 3 * abs(float(res.world_to_cam[1, 3]))
+
+
+def test_multiview_refinement_checks_its_inputs(two_views):
+    ct, cam, w2c, xrays = two_views
+    refiner = MultiViewRefiner(ct, [cam, cam], config=RefineConfig(levels=LEVELS[:1]))
+    with pytest.raises(InputError):
+        refiner.refine(xrays[:1], w2c, torch.eye(4))
+    with pytest.raises(ShapeError):
+        refiner.refine(xrays, w2c[:1], torch.eye(4))
+    with pytest.raises(ShapeError):
+        refiner.refine([xrays[0], xrays[1][:10]], w2c, torch.eye(4))
+    res = refiner.refine([xrays[0], torch.zeros_like(xrays[1])], w2c, torch.eye(4))
+    assert not res.success and "constant" in res.reason
+    with pytest.raises(InputError):
+        MultiViewRefiner(ct, [])

@@ -21,6 +21,12 @@ per CT and camera, and :meth:`IntensityRefiner.refine` optimises one case:
   ``success=False`` and a reason. A constant X-ray or a non-finite start pose
   fails at once.
 
+Several views: :class:`MultiViewRefiner` moves one ``ct_to_world`` seen through
+cameras that share one world frame (each view's DRR at ``world_to_cam[i] @
+ct_to_world``), maximising the views' mean similarity with the same levels and
+safety checks. One view pins the bone across the image but hardly along the
+ray; a second view from another direction pins that too.
+
 Similarity: :mod:`xrecon.solve.similarity` (multiscale NCC by default). The CPU
 defaults (32 -> 64 -> 128 px, CT at 4 -> 3 -> 2 mm) take seconds to tens of
 seconds per case; the same code runs on a GPU with larger levels.
@@ -208,78 +214,183 @@ class IntensityRefiner(torch.nn.Module):
             progress: show a tqdm bar over the iterations.
         """
         t0 = time.perf_counter()
-        init = torch.as_tensor(np.asarray(init_world_to_cam, dtype=np.float64))
-        if init.shape != (4, 4):
-            raise ShapeError("init_world_to_cam", "(4, 4)", tuple(init.shape))
-        xray = torch.as_tensor(xray)
-        if xray.shape != (self.camera.height, self.camera.width):
-            raise ShapeError("xray", f"({self.camera.height}, {self.camera.width})", tuple(xray.shape))
-        nan = float("nan")
-        res = RefineResult(init.numpy().copy(), init.numpy().copy(), nan, nan)
-
-        def done(reason: str = "") -> RefineResult:
-            res.success, res.reason, res.time_s = not reason, reason, time.perf_counter() - t0
-            if reason:
-                log.info("intensity refinement: %s", reason)
-            return res
-
-        if not torch.isfinite(init).all():
-            return done("start pose holds NaN or inf")
-        xray = xray.to(torch.float32)
-        if not torch.isfinite(xray).all():
-            return done("X-ray image holds NaN or inf")
-        if float(xray.max() - xray.min()) <= 1e-12 * max(1.0, float(xray.abs().max())):
-            return done("X-ray image is constant (empty): nothing to register to")
-
-        centre = torch.as_tensor(self.centre_world, dtype=torch.float64)
+        init = _start_pose(init_world_to_cam)
+        res = RefineResult(init.numpy().copy(), init.numpy().copy(), float("nan"), float("nan"))
+        xray = _check_xray(xray, self.camera, "xray")
+        reason = _bad_input(init, [xray])
+        if reason:
+            return _done(res, t0, reason)
         targets = [_downsample(xray, cam.height, cam.width) for cam in self.level_cameras]
-        with torch.no_grad():
-            res.similarity_init = float(self._level_similarity(targets[-1], init[None], -1)[0])
+        centre = torch.as_tensor(self.centre_world, dtype=torch.float64)
+        pose = _coarse_to_fine(lambda li, p: self._level_similarity(targets[li], p, li)[0], init, centre,
+                               self.config, res, progress)
+        return _finish(res, pose, t0)
 
-        pose = init
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=sum(lv.max_iterations for lv in self.config.levels), desc="refine", leave=False)
-        for li, level in enumerate(self.config.levels):
-            module = PoseIncrement(pose, pose[:3, :3] @ centre + pose[:3, 3])
-            opt = torch.optim.Adam([
-                {"params": [module.rotation], "lr": math.radians(level.lr_rotation_deg)},
-                {"params": [module.translation], "lr": level.lr_translation_mm},
-            ])
-            best_sim, best_pose, stale = -math.inf, pose, 0
-            for it in range(level.max_iterations):
-                opt.zero_grad()
-                current = module()
-                sim = self._level_similarity(targets[li], current, li)[0]
-                (-sim).backward()
-                value = float(sim.detach())
-                res.history.append({"level": li, "iteration": it, "similarity": value})
-                res.n_iterations += 1
-                if bar is not None:
-                    bar.update(1)
-                if value > best_sim + self.config.min_improvement:
-                    best_sim, best_pose, stale = value, current.detach()[0].clone(), 0
-                else:
-                    if value > best_sim:
-                        best_sim, best_pose = value, current.detach()[0].clone()
-                    stale += 1
-                    if stale >= self.config.patience:
-                        break
-                if not all(torch.isfinite(p.grad).all() for p in (module.rotation, module.translation)):
+class MultiViewRefiner(torch.nn.Module):
+    """Intensity refinement of one CT seen in several X-rays whose cameras share
+    one world frame (a calibrated biplanar system, C-arm shots at known angles).
+
+    One rigid ``ct_to_world`` is optimised against the mean of the views'
+    similarities (each view's DRR at ``world_to_cam[i] @ ct_to_world``), coarse to
+    fine as :class:`IntensityRefiner`, rotating about the CT centre. A second view
+    from another direction fixes what one view leaves loose: the distance along
+    the first view's ray, which one image's intensities hardly change.
+
+    Args:
+        ct: CT volume (HU, RAS+ world of the file).
+        cameras: one :class:`~xrecon.geometry.Camera` per X-ray (intrinsics and
+            size; each camera's own pose is ignored: poses are given to :meth:`refine`).
+        labels, structures, config, device: as :class:`IntensityRefiner`.
+    """
+
+    def __init__(self, ct, cameras, *, labels=None, structures=None, config: RefineConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        super().__init__()
+        if not cameras:
+            raise InputError("MultiViewRefiner needs at least one camera")
+        self.config = config or RefineConfig()
+        self.views = torch.nn.ModuleList([IntensityRefiner(ct, cam, labels=labels, structures=structures,
+                                                           config=self.config, device=device) for cam in cameras])
+        #: ``(3,)`` the CT centre (rotation centre), CT frame.
+        self.centre_ct = self.views[0].centre_world
+
+    def similarity(self, xrays, world_to_cam, ct_to_world, level: int = -1) -> torch.Tensor:
+        """Mean similarity of ``xrays`` (one ``(H, W)`` per view) with the DRRs at
+        ``world_to_cam[i] @ ct_to_world`` (``(4, 4)`` each)."""
+        w2c = _view_poses(world_to_cam, len(self.views))
+        ct2w = torch.as_tensor(np.asarray(ct_to_world, np.float64))
+        return torch.stack([v.similarity(torch.as_tensor(x), (w2c[i] @ ct2w)[None], level)[0]
+                            for i, (v, x) in enumerate(zip(self.views, xrays))]).mean()
+
+    def refine(self, xrays, world_to_cam, init_ct_to_world, *, progress: bool = False) -> RefineResult:
+        """Refine ``init_ct_to_world (4, 4)`` against ``xrays`` (one ``(H, W)`` image of
+        each camera's size per view) seen through ``world_to_cam`` (one ``(4, 4)`` per
+        view). The result's ``world_to_cam`` / ``init_world_to_cam`` fields hold the
+        refined / start **ct_to_world**; the similarities are the views' mean."""
+        t0 = time.perf_counter()
+        init = _start_pose(init_ct_to_world)
+        res = RefineResult(init.numpy().copy(), init.numpy().copy(), float("nan"), float("nan"))
+        if len(xrays) != len(self.views):
+            raise InputError(f"{len(xrays)} X-rays for {len(self.views)} cameras: give one image per camera")
+        w2c = _view_poses(world_to_cam, len(self.views))
+        xrays = [_check_xray(x, v.camera, f"xrays[{i}]") for i, (x, v) in enumerate(zip(xrays, self.views))]
+        reason = _bad_input(init, xrays)
+        if not reason and not torch.isfinite(w2c).all():
+            reason = "a view's world_to_cam holds NaN or inf"
+        if reason:
+            return _done(res, t0, reason)
+        targets = [[_downsample(x, cam.height, cam.width) for cam in v.level_cameras]
+                   for x, v in zip(xrays, self.views)]
+
+        def level_similarity(li: int, ct_to_world: torch.Tensor) -> torch.Tensor:
+            return torch.stack([v._level_similarity(targets[i][li], w2c[i][None] @ ct_to_world, li)[0]
+                                for i, v in enumerate(self.views)]).mean()
+
+        centre = torch.as_tensor(self.centre_ct, dtype=torch.float64)
+        pose = _coarse_to_fine(level_similarity, init, centre, self.config, res, progress)
+        return _finish(res, pose, t0)
+
+
+def _start_pose(pose) -> torch.Tensor:
+    init = torch.as_tensor(np.asarray(pose, dtype=np.float64))
+    if init.shape != (4, 4):
+        raise ShapeError("start pose", "(4, 4)", tuple(init.shape))
+    return init
+
+
+def _view_poses(world_to_cam, n_views: int) -> torch.Tensor:
+    w2c = torch.as_tensor(np.asarray(world_to_cam, dtype=np.float64))
+    if w2c.shape != (n_views, 4, 4):
+        raise ShapeError("world_to_cam", f"({n_views}, 4, 4) one pose per view", tuple(w2c.shape))
+    return w2c
+
+
+def _check_xray(xray, camera, name: str) -> torch.Tensor:
+    xray = torch.as_tensor(xray)
+    if xray.shape != (camera.height, camera.width):
+        raise ShapeError(name, f"({camera.height}, {camera.width})", tuple(xray.shape))
+    return xray.to(torch.float32)
+
+
+def _bad_input(init: torch.Tensor, xrays: list[torch.Tensor]) -> str:
+    """Why the refinement cannot start (``""`` when it can)."""
+    if not torch.isfinite(init).all():
+        return "start pose holds NaN or inf"
+    for x in xrays:
+        if not torch.isfinite(x).all():
+            return "X-ray image holds NaN or inf"
+        if float(x.max() - x.min()) <= 1e-12 * max(1.0, float(x.abs().max())):
+            return "X-ray image is constant (empty): nothing to register to"
+    return ""
+
+
+def _done(res: RefineResult, t0: float, reason: str = "") -> RefineResult:
+    res.success, res.reason, res.time_s = not reason, reason, time.perf_counter() - t0
+    if reason:
+        log.info("intensity refinement: %s", reason)
+    return res
+
+
+def _coarse_to_fine(level_similarity, init: torch.Tensor, centre: torch.Tensor, config: RefineConfig,
+                    res: RefineResult, progress: bool) -> torch.Tensor:
+    """The optimisation shared by one and several views: from ``init (4, 4)``, per
+    level an Adam search over a :class:`PoseIncrement` rotating about the point
+    ``centre (3,)`` (in ``init``'s source frame), maximising
+    ``level_similarity(level, pose (1, 4, 4)) -> scalar``; each level starts from
+    the previous level's best pose. Fills ``res`` (start / final similarity at the
+    finest level, history, iterations) and returns the best pose ``(4, 4)``."""
+    with torch.no_grad():
+        res.similarity_init = float(level_similarity(len(config.levels) - 1, init[None]))
+    pose = init
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(lv.max_iterations for lv in config.levels), desc="refine", leave=False)
+    for li, level in enumerate(config.levels):
+        module = PoseIncrement(pose, pose[:3, :3] @ centre + pose[:3, 3])
+        opt = torch.optim.Adam([
+            {"params": [module.rotation], "lr": math.radians(level.lr_rotation_deg)},
+            {"params": [module.translation], "lr": level.lr_translation_mm},
+        ])
+        best_sim, best_pose, stale = -math.inf, pose, 0
+        for it in range(level.max_iterations):
+            opt.zero_grad()
+            current = module()
+            sim = level_similarity(li, current)
+            (-sim).backward()
+            value = float(sim.detach())
+            res.history.append({"level": li, "iteration": it, "similarity": value})
+            res.n_iterations += 1
+            if bar is not None:
+                bar.update(1)
+            if value > best_sim + config.min_improvement:
+                best_sim, best_pose, stale = value, current.detach()[0].clone(), 0
+            else:
+                if value > best_sim:
+                    best_sim, best_pose = value, current.detach()[0].clone()
+                stale += 1
+                if stale >= config.patience:
                     break
-                opt.step()
-            pose = best_pose
-        if bar is not None:
-            bar.close()
+            if not all(torch.isfinite(p.grad).all() for p in (module.rotation, module.translation)):
+                break
+            opt.step()
+        pose = best_pose
+    if bar is not None:
+        bar.close()
+    with torch.no_grad():
+        res.similarity_final = float(level_similarity(len(config.levels) - 1, pose[None]))
+    return pose
 
-        with torch.no_grad():
-            res.similarity_final = float(self._level_similarity(targets[-1], pose[None], -1)[0])
-        if not torch.isfinite(pose).all():
-            return done("optimisation diverged (non-finite pose); start pose kept")
-        if res.similarity_final < res.similarity_init:
-            res.similarity_final = res.similarity_init
-            return done("refinement lowered the similarity; start pose kept")
-        res.world_to_cam = pose.numpy().copy()
-        return done()
+
+def _finish(res: RefineResult, pose: torch.Tensor, t0: float) -> RefineResult:
+    """The safety checks on the optimised ``pose``: the start is kept when the
+    optimisation diverged or lowered the similarity."""
+    if not torch.isfinite(pose).all():
+        return _done(res, t0, "optimisation diverged (non-finite pose); start pose kept")
+    if res.similarity_final < res.similarity_init:
+        res.similarity_final = res.similarity_init
+        return _done(res, t0, "refinement lowered the similarity; start pose kept")
+    res.world_to_cam = pose.numpy().copy()
+    return _done(res, t0)
