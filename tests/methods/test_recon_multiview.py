@@ -183,3 +183,39 @@ def test_ct_registration_from_two_views(scene, views):
     assert reg.scale == pytest.approx(1.0, abs=0.01)
     for i in range(2):
         np.testing.assert_allclose(reg.ct_to_cam[i], cams[i].world_to_cam[0].numpy() @ reg.ct_to_world)
+
+
+def test_views_posed_by_dicom_c_arm_angles_round_trip_through_the_shared_frame_solve(scene, views, tmp_path):
+    """Case (b) into case (a): two XA DICOM files carrying only their positioner angles
+    (PositionerPrimaryAngle -25 / +25, DistanceSourceToPatient 765); the cameras read from
+    them place the planted bone, seen in the isocentre frame, at its true pose and depth."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from xrecon import api
+
+    space, b, inst, m2w, vw = scene
+    _, _, b_net = views
+    paths = []
+    for k, primary in enumerate((-25.0, 25.0)):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.1"
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(tmp_path / f"v{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.Modality, ds.SOPClassUID, ds.SOPInstanceUID = "XA", meta.MediaStorageSOPClassUID, generate_uid()
+        ds.Rows = ds.Columns = SIZE
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.DistanceSourceToDetector, ds.ImagerPixelSpacing = "1020", [str(300.0 / SIZE)] * 2
+        ds.PositionerPrimaryAngle, ds.PositionerSecondaryAngle, ds.DistanceSourceToPatient = str(primary), "0", "765"
+        ds.PixelData = np.random.default_rng(k).integers(0, 60000, (SIZE, SIZE)).astype(np.uint16).tobytes()
+        ds.save_as(str(tmp_path / f"v{k}.dcm"), enforce_file_format=True)
+        paths.append(tmp_path / f"v{k}.dcm")
+    _, cams = api.load_views(paths)
+    recs = [reconstruct_from_prediction(oracle(space, vw, c, b_net), space, c, CFG) for c in cams]
+    mrec = combine_views(recs, space, cams, [1.0, 1.0], CFG)
+    assert mrec.success and mrec.confident, mrec.notes
+    assert mrec.baseline_deg == pytest.approx(50.0, abs=3.0)
+    np.testing.assert_allclose(mrec.model_to_world, m2w, atol=1e-2)
+    assert abs(depth_error(mrec.vertices_world, vw, cams[0])) < 0.2

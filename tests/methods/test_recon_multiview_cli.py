@@ -202,3 +202,64 @@ def test_a_list_of_one_image_is_the_single_view_call(tmp_path):
     np.testing.assert_array_equal(one.model_to_cam, plain.model_to_cam)
     with pytest.raises(InputError, match="1 image but 2 cameras"):
         api.reconstruct([img], cameras=[cam, cam], model=model)
+
+
+def _carm_view(tmp: Path, name: str, primary: float) -> tuple[Path, Path]:
+    """A copy of the example X-ray with a camera JSON giving C-arm angles instead of a world_to_cam."""
+    img, cam = _view(tmp, name, None)
+    d = json.loads(cam.read_text())
+    d.update({"primary_angle_deg": primary, "secondary_angle_deg": 0.0, "source_to_isocentre_mm": 765.0})
+    cam.write_text(json.dumps(d))
+    return img, cam
+
+
+def test_frames_that_disagree_are_refused(tmp_path):
+    """One camera in some world_to_cam frame, the other posed by C-arm angles (the isocentre
+    frame): nothing relates the two, so the pair is refused, naming the second camera."""
+    a, ca = _view(tmp_path, "a", _pose(0.0))
+    b, cb = _carm_view(tmp_path, "b", 30.0)
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["reconstruct", str(a), str(b), "--camera", str(ca), "--camera", str(cb), "--out",
+                              str(out)])
+    _fails_cleanly(res, out, "b_camera.json", "frames disagree", "--independent-views")
+    res = runner.invoke(app, ["register", str(a), str(b), "--camera", str(ca), "--camera", str(cb), "--ct",
+                              str(EXAMPLES / "pelvis_ct.nii.gz"), "--out", str(out)])
+    _fails_cleanly(res, out, "b_camera.json", "frames disagree")
+
+
+def test_c_arm_angles_in_the_camera_files_are_a_shared_frame(tmp_path):
+    from xrecon import api
+    from xrecon.geometry.carm import carm_world_to_cam
+
+    a, ca = _carm_view(tmp_path, "a", -15.0)
+    b, cb = _carm_view(tmp_path, "b", 15.0)
+    _, cams = api.load_views([a, b], [ca, cb])
+    np.testing.assert_allclose(cams[1].world_to_cam[0].numpy(), carm_world_to_cam(15.0, 0.0, 765.0), atol=1e-12)
+    assert api.views_frame([a, b], [ca, cb]) == "isocentre"
+
+
+def test_independent_views_write_one_camera_frame_per_view(tmp_path):
+    """``--independent-views``: two films without poses (one of them without a camera pose
+    at all) give per-view meshes in each camera's frame, named in every file."""
+    a, ca = _view(tmp_path, "a", None)
+    b, cb = _view(tmp_path, "b", _pose(60.0))  # its pose is not used
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["reconstruct", str(a), str(b), "--camera", str(ca), "--camera", str(cb),
+                              "--independent-views", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    names = {p.name for p in out.iterdir()}
+    assert {"reconstruction_cam_0.ply", "reconstruction_cam_1.ply", "reconstruction_cam_0.stl", "points.csv",
+            "pose.json", "overlay_0.png", "overlay_1.png"} <= names, names
+    assert not any("world" in n for n in names)
+    pose = json.loads((out / "pose.json").read_text())
+    assert pose["world_frame"].startswith("none") and pose["shared_frame"] is False
+    assert pose["to_frame"].startswith("camera of view 0") and len(pose["model_to_cam"]) == 2
+    assert all("world_to_cam" not in c["camera"] for c in pose["cameras"])
+    side = json.loads((out / "reconstruction_cam_1.ply.json").read_text()) if (
+        out / "reconstruction_cam_1.ply.json").exists() else json.loads((out / "reconstruction_cam_1.json").read_text())
+    assert "camera of view 1" in json.dumps(side)
+    # the same X-ray twice: both views' poses are one pose of one shape (up to each view's random
+    # subset of correspondences in the joint fit)
+    P0, P1 = (np.array(pose["model_to_cam"][i]["matrix"]) for i in range(2))
+    np.testing.assert_allclose(P0[:3, :3], P1[:3, :3], atol=5e-3)
+    np.testing.assert_allclose(P0[:3, 3], P1[:3, 3], atol=2.0)
