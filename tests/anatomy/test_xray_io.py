@@ -152,23 +152,31 @@ def _write_dicom(path, pixels: np.ndarray, **tags):
     return path
 
 
-def test_single_valued_dicom_spacing_is_refused_naming_the_tag_unless_overridden(tmp_path):
+def test_single_valued_dicom_spacing_is_read_as_square_pixels_with_a_note(tmp_path):
+    from xrecon.anatomy.xray_io import read_xray_report
+
     px = np.round(_normalised(_line_integrals()) * 60000).astype(np.uint16)
     path = _write_dicom(tmp_path / "one.dcm", px, DistanceSourceToDetector="1100", ImagerPixelSpacing="0.3")
-    with pytest.raises(InputError, match=r"one.dcm: DICOM tag ImagerPixelSpacing \(0018,1164\) holds 1 value"):
-        read_xray(path)
+    reading = read_xray_report(path)
+    assert reading.camera.pixel_spacing_mm == (0.3, 0.3) and reading.calibrated
+    assert any("ImagerPixelSpacing (0018,1164) holds one value (0.3)" in n and "square pixels" in n
+               for n in reading.notes)
     # the argument (CLI --pixel-spacing) or a sidecar overrides the tag
-    _, cam = read_xray(path, pixel_spacing_mm=0.3)
-    assert cam.pixel_spacing_mm == (0.3, 0.3)
+    _, cam = read_xray(path, pixel_spacing_mm=0.25)
+    assert cam.pixel_spacing_mm == (0.25, 0.25)
     (tmp_path / "one.json").write_text(json.dumps({"pixel_spacing_mm": [0.25, 0.3]}))
     _, cam = read_xray(path)
     assert cam.pixel_spacing_mm == (0.25, 0.3) and float(cam.sdd_mm[0]) == pytest.approx(1100.0)
-    # PixelSpacing (the fallback tag) is held to the same rule, and so is a non-positive distance
+    # a two-valued PixelSpacing (as the standard has it) wins over a one-valued ImagerPixelSpacing
+    path = _write_dicom(tmp_path / "both.dcm", px, DistanceSourceToDetector="1100", ImagerPixelSpacing="0.3",
+                        PixelSpacing=["0.2", "0.1"])
+    assert read_xray(path)[1].pixel_spacing_mm == (0.1, 0.2)
+    # a negative distance or spacing is a malformed tag, refused naming it
     path = _write_dicom(tmp_path / "two.dcm", px, DistanceSourceToDetector="-5", PixelSpacing=["0.2", "0.2"])
     with pytest.raises(InputError, match=r"two.dcm: DICOM tag DistanceSourceToDetector \(0018,1110\)"):
         read_xray(path)
-    path = _write_dicom(tmp_path / "three.dcm", px, DistanceSourceToDetector="1000", PixelSpacing="0.2")
-    with pytest.raises(InputError, match=r"three.dcm: DICOM tag PixelSpacing \(0028,0030\) holds 1 value"):
+    path = _write_dicom(tmp_path / "three.dcm", px, DistanceSourceToDetector="1000", PixelSpacing=["-0.2", "0.2"])
+    with pytest.raises(InputError, match=r"three.dcm: DICOM tag PixelSpacing \(0028,0030\) holds \[-0.2, 0.2\]"):
         read_xray(path)
 
 

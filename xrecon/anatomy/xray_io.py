@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,7 @@ def read_xray(
     size: int | tuple[int, int] | None = None,
     max_side: int | None = MAX_WORKING_SIDE,
     camera: Camera | None = None,
+    find_borders: bool | None = None,
 ) -> tuple[np.ndarray, Camera]:
     """Read an X-ray and its camera.
 
@@ -126,10 +128,15 @@ def read_xray(
             ``None`` keeps the full resolution (memory grows with the file).
         camera: the :class:`Camera` of the image as stored; when given it is
             used instead of every other geometry source (its size must match).
+        find_borders: find collimator strips (cut off) and lead markers (painted
+            out) on the image (:mod:`xrecon.anatomy.film`); ``None``: for DICOM
+            files only.
 
     Returns:
         ``image``: float32 ``(H, W)`` in [0, 1], bone bright; ``camera``: its
         :class:`Camera` (batch of one).
+
+    :func:`read_xray_report` returns the same with what was found and assumed.
 
     Raises:
         InputError: unreadable file, colour image, an image over
@@ -137,15 +144,99 @@ def read_xray(
             file or DICOM tag it came from), a crop larger than the image, NaN
             pixels, a constant image.
     """
+    reading = read_xray_report(path, sidecar=sidecar, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm,
+                               log_transform=log_transform, crop_border_px=crop_border_px,
+                               flip_horizontal=flip_horizontal, flip_vertical=flip_vertical, invert=invert, size=size,
+                               max_side=max_side, camera=camera, find_borders=find_borders)
+    return reading.image, reading.camera
+
+
+@dataclass
+class XrayReading:
+    """An X-ray as read by :func:`read_xray_report`, with what was found and assumed.
+
+    Attributes:
+        image: float32 ``(H, W)`` in [0, 1], bone bright.
+        camera: its :class:`Camera` (batch of one), consistent with every crop and resize.
+        source: the file read (``""`` for an array).
+        geometry: ``calibrated`` (bool), ``sdd_mm``, ``pixel_spacing_mm``, ``sources``
+            (field -> where it came from: ``argument``, ``camera file ...``, a DICOM
+            tag, or ``assumed (...)``), ``assumed`` (the fields assumed) and
+            ``statement`` (:func:`geometry_statement`).
+        intensity: what was done to the values (and what deliberately not).
+        collimation: the :class:`~xrecon.anatomy.film.CollimatorEdge` strips found.
+        crop_px: ``(top, bottom, left, right)`` cut for them, pixels of the image
+            after ``crop_border_px`` and flips, at the file's resolution.
+        markers: the :class:`~xrecon.anatomy.film.Marker` found and painted out
+            (boxes in the same pixels as ``crop_px``, before that crop).
+        notes: one line each: tags read as missing or with an assumption, the
+            geometry statement when it is assumed, strips and markers found.
+    """
+
+    image: np.ndarray
+    camera: Camera
+    source: str = ""
+    geometry: dict = field(default_factory=dict)
+    intensity: list[str] = field(default_factory=list)
+    collimation: list = field(default_factory=list)
+    crop_px: tuple[int, int, int, int] = (0, 0, 0, 0)
+    markers: list = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.geometry.get("calibrated", True))
+
+    def to_dict(self) -> dict:
+        """JSON-ready (no arrays): what was read, found and assumed."""
+        geo = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.geometry.items()}
+        return {"source": self.source, "geometry": geo, "intensity": list(self.intensity),
+                "collimation": [e.to_dict() for e in self.collimation], "crop_px": list(self.crop_px),
+                "markers": [m.to_dict() for m in self.markers], "notes": list(self.notes)}
+
+
+def read_xray_report(
+    path: str | Path,
+    *,
+    sidecar: str | Path | None = None,
+    sdd_mm: float | None = None,
+    pixel_spacing_mm: float | tuple[float, float] | None = None,
+    log_transform: bool = False,
+    crop_border_px: int | tuple[int, int, int, int] = 0,
+    flip_horizontal: bool = False,
+    flip_vertical: bool = False,
+    invert: bool = False,
+    size: int | tuple[int, int] | None = None,
+    max_side: int | None = MAX_WORKING_SIDE,
+    camera: Camera | None = None,
+    find_borders: bool | None = None,
+) -> XrayReading:
+    """:func:`read_xray` (same arguments), returning an :class:`XrayReading`: the
+    image, its camera, which geometry was used (calibrated, or assumed and from
+    what), what was done to the intensities, and the collimator strips and markers
+    found."""
     path = Path(path)
     raw, tags = _read_pixels(path)
     H, W = raw.shape
+    notes: list[str] = []
     if camera is not None:
         if (camera.height, camera.width) != (H, W):
             raise InputError(f"the camera given describes a {camera.height}x{camera.width} image but the file is "
                              f"{H}x{W}", path)
+        geometry = {"calibrated": True, "sources": {"camera": "Camera object given"}, "assumed": [],
+                    "statement": "geometry: calibrated (the camera given)"}
     else:
-        camera = _camera(_geometry(path, sidecar, tags, sdd_mm, pixel_spacing_mm), H, W)
+        tags.setdefault("_hw", (H, W))
+        geo = _geometry(path, sidecar, tags, sdd_mm, pixel_spacing_mm)
+        camera = _camera(geo, H, W)
+        statement = geometry_statement(geo)
+        geometry = {"calibrated": not geo["assumed"], "sdd_mm": geo["sdd_mm"],
+                    "pixel_spacing_mm": list(geo["pixel_spacing_mm"]), "sources": dict(geo["sources"]),
+                    "assumed": list(geo["assumed"]), "statement": statement}
+        notes += geo["notes"]
+        if geo["assumed"]:
+            notes.append(statement)
+            log.warning("%s: %s", path, statement)
 
     top, bottom, left, right = _border(crop_border_px, path)
     if top + bottom >= H or left + right >= W:
@@ -171,6 +262,7 @@ def read_xray(
                         limit)
             img = _area_downsample(img, h, w)
             camera = camera.resized(h, w)
+    shrink = ((H - top - bottom) / camera.height, (W - left - right) / camera.width)
 
     img = img.astype(np.float64)
     if "rescale" in tags:  # DICOM modality LUT, applied after the shrink (it is affine)
@@ -185,6 +277,15 @@ def read_xray(
         img = -np.log(np.maximum(img, peak * 1e-6) / peak)
     if invert:
         img = -img
+    edges, cut, markers = [], (0, 0, 0, 0), []
+    if find_borders is None:
+        find_borders = bool(tags.get("_dicom"))
+    if find_borders:
+        img, camera, edges, cut, markers = _remove_borders(img, camera, shrink, path)
+        notes += [f"collimator strip along the {e.side} side, {e.width_px:.1f} px wide (tilt {e.angle_deg:.1f} "
+                  "deg): cut off" for e in edges]
+        notes += [f"lead marker or burned-in text at rows {m.box[0]}-{m.box[2]}, columns {m.box[1]}-{m.box[3]}: "
+                  "painted out" for m in markers]
     lo, hi = img.min(), img.max()
     if hi - lo <= 0:
         raise InputError("image is constant after preprocessing (nothing to see)", path)
@@ -194,7 +295,45 @@ def read_xray(
         out_h, out_w = out_hw
         img = _resize(img, out_h, out_w)
         camera = camera.resized(out_h, out_w)
-    return np.ascontiguousarray(img, dtype=np.float32), camera
+    intensity = list(tags.get("_intensity", []))
+    if log_transform:
+        intensity.append("log transform -log(I / I_max): raw intensities to line integrals")
+    if invert:
+        intensity.append("inverted (invert=True)")
+    intensity.append("scaled to [0, 1] (min-max" + (", after the strips and markers were removed)" if find_borders
+                                                     else ")"))
+    return XrayReading(np.ascontiguousarray(img, dtype=np.float32), camera, str(path), geometry, intensity, edges,
+                       cut, markers, notes)
+
+
+def _remove_borders(img: np.ndarray, camera: Camera, shrink: tuple[float, float], path: Path):
+    """Cut the collimator strips off ``img: (h, w)`` (bone bright, the working
+    grid) and paint its markers out (:mod:`xrecon.anatomy.film`); the camera is
+    cropped with it. Returns the image, camera, the edges, the cut ``(top,
+    bottom, left, right)`` and the markers, the last three in pixels at the file's
+    resolution (``shrink`` = file pixels per working pixel, rows and columns)."""
+    from dataclasses import replace
+
+    from xrecon.anatomy import film
+
+    edges = film.find_collimation(img)
+    top, bottom, left, right = film.collimation_crop(edges)
+    h, w = img.shape
+    if top + bottom >= h - 8 or left + right >= w - 8:
+        log.warning("%s: the collimator strips found leave almost nothing of the image; not cut", path)
+        edges, (top, bottom, left, right) = [], (0, 0, 0, 0)
+    img = img[top : h - bottom, left : w - right]
+    camera = camera.cropped(top, left, img.shape[0], img.shape[1])
+    markers = film.find_markers(img)
+    img = film.paint_out(img, markers)
+    sy, sx = shrink
+    cut = (round(top * sy), round(bottom * sy), round(left * sx), round(right * sx))
+    in_file = [film.Marker((round((m.box[0] + top) * sy), round((m.box[1] + left) * sx),
+                            round((m.box[2] + top) * sy), round((m.box[3] + left) * sx)),
+                           round(m.area_px * sy * sx)) for m in markers]
+    edges = [replace(e, width_px=e.width_px * (sy if e.side in ("top", "bottom") else sx),
+                     max_width_px=e.max_width_px * (sy if e.side in ("top", "bottom") else sx)) for e in edges]
+    return img, camera, edges, cut, in_file
 
 
 def write_image(path: str | Path, image: np.ndarray, *, bits: int = 16) -> None:
@@ -338,10 +477,22 @@ def _looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+#: Photometric interpretations read (grey images); any other is refused.
+GREY_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2")
+
+
 def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     """Stored pixel values (the rescale is applied later, after any shrink, by
-    :func:`read_xray`) and the geometry tags."""
+    :func:`read_xray`) and the geometry tags; ``tags["_intensity"]`` lists what
+    is done to the values and what is deliberately not (the VOI LUT)."""
     ds = _open_dicom(path, defer_size="1 MB")  # pixel data read only when decoded
+    if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        raise InputError("DICOM holds no pixel data (7FE0,0010): not an image (a report or a header-only file?)",
+                         path)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
+    if photometric not in GREY_PHOTOMETRIC:
+        raise InputError(f"unsupported photometric interpretation {photometric!r}: an X-ray DICOM must be grey "
+                         "(MONOCHROME1 or MONOCHROME2)", path)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     if frames > 1:
         raise InputError(f"DICOM holds {frames} frames; expected one X-ray image", path)
@@ -349,20 +500,36 @@ def _read_dicom(path: Path) -> tuple[np.ndarray, dict]:
     if rows is not None and cols is not None:
         _check_pixel_count(rows, cols, path)
     try:
-        arr = ds.pixel_array
-    except Exception as exc:  # missing pixel data / unsupported compression / truncation
+        arr = ds.pixel_array  # pydicom keeps BitsStored bits (sign-extended when PixelRepresentation is 1)
+    except Exception as exc:  # unsupported compression / truncation
         raise InputError(f"cannot read DICOM pixels ({type(exc).__name__}: {exc})", path) from exc
     try:
         slope = float(getattr(ds, "RescaleSlope", 1) or 1)
         intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     except (TypeError, ValueError) as exc:
         raise InputError(f"DICOM RescaleSlope / RescaleIntercept are not numbers ({exc})", path) from exc
+    intensity = [f"DICOM {getattr(ds, 'Modality', '?')}, {photometric}, {getattr(ds, 'BitsStored', '?')} bits "
+                 "stored"]
+    if (slope, intercept) != (1.0, 0.0):
+        intensity.append(f"modality LUT applied (RescaleSlope {slope:g}, RescaleIntercept {intercept:g})")
+    # MONOCHROME1 shows low values bright; a Presentation LUT Shape INVERSE flips the display once more
+    inverse = str(getattr(ds, "PresentationLUTShape", "") or "").strip().upper() == "INVERSE"
+    invert = (photometric == "MONOCHROME1") != inverse
+    if invert:
+        intensity.append(("MONOCHROME1" if photometric == "MONOCHROME1" else "Presentation LUT Shape INVERSE")
+                         + ": values inverted so that dense is bright")
+    voi = [name for name, present in (("WindowCenter / WindowWidth", "WindowCenter" in ds),
+                                      ("VOI LUT Sequence", "VOILUTSequence" in ds)) if present]
+    if voi:
+        intensity.append(f"VOI LUT ({' and '.join(voi)}) not applied: a display window would clip bone or soft "
+                         "tissue; the whole range of values is used")
     peak = None
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+    if invert:
         # the largest rescaled value of the whole stored image (x * slope + intercept is monotonic)
         peak = float((np.array([arr.min(), arr.max()], np.float64) * slope + intercept).max())
     tags = _dicom_geometry_tags(ds)
     tags["rescale"] = (slope, intercept, peak)
+    tags["_intensity"] = intensity
     return arr, tags
 
 
@@ -380,28 +547,51 @@ def _open_dicom(path: Path, **kwargs):
 
 def _dicom_geometry_tags(ds) -> dict:
     """What a DICOM header says of the geometry: ``sdd_mm``, ``pixel_spacing_mm``,
-    ``carm`` and ``_tag_problems`` (see :func:`_read_pixels`)."""
-    tags: dict = {"_tag_problems": {}}
-    if "DistanceSourceToDetector" in ds:
+    ``carm``, ``_tag_problems`` (see :func:`_read_pixels`), ``_notes`` (tags read
+    as missing, or read with an assumption), ``_hw`` (Rows, Columns) and ``_dicom``.
+
+    A zero or empty DistanceSourceToDetector or spacing is the writers' way of
+    saying "unknown": it is read as missing, with a note. A spacing tag with one
+    value (the standard requires two) is read as square pixels, with a note. A
+    negative or non-numeric value is a malformed tag (raised when it is needed).
+    ImagerPixelSpacing (the detector's) is preferred to PixelSpacing."""
+    tags: dict = {"_tag_problems": {}, "_notes": [], "_dicom": True}
+    try:
+        tags["_hw"] = (int(ds.Rows), int(ds.Columns))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    if "DistanceSourceToDetector" in ds and ds.DistanceSourceToDetector not in (None, ""):
         try:
             sdd = float(ds.DistanceSourceToDetector)
         except (TypeError, ValueError):
             sdd = float("nan")
         if np.isfinite(sdd) and sdd > 0:
             tags["sdd_mm"] = sdd
+        elif sdd == 0:
+            tags["_notes"].append("DICOM tag DistanceSourceToDetector (0018,1110) is 0: read as missing")
         else:
             tags["_tag_problems"]["sdd_mm"] = (f"DICOM tag DistanceSourceToDetector (0018,1110) is "
                                                f"{ds.DistanceSourceToDetector!r}, not a positive distance in mm")
     _carm_tags(ds, tags)
+    single = None
     for keyword, tag in (("ImagerPixelSpacing", "(0018,1164)"), ("PixelSpacing", "(0028,0030)")):
         if keyword not in ds or ds[keyword].value in (None, ""):
             continue
         spacing, problem = _dicom_spacing(ds[keyword].value)
-        if spacing is not None:
+        if spacing is not None and not problem:
             tags["pixel_spacing_mm"] = spacing
+            tags["_tag_problems"].pop("pixel_spacing_mm", None)
+            break  # ImagerPixelSpacing, when usable, is the detector's; PixelSpacing only as a fallback
+        if spacing is not None:  # one value: square pixels, unless the other tag gives two
+            single = single or (spacing, f"DICOM tag {keyword} {tag} {problem}")
+        elif problem.startswith("holds zero"):
+            tags["_notes"].append(f"DICOM tag {keyword} {tag} {problem}: read as missing")
         else:
-            tags["_tag_problems"]["pixel_spacing_mm"] = f"DICOM tag {keyword} {tag} {problem}"
-        break  # ImagerPixelSpacing, when present, is the detector's; PixelSpacing only as a fallback
+            tags["_tag_problems"].setdefault("pixel_spacing_mm", f"DICOM tag {keyword} {tag} {problem}")
+    if "pixel_spacing_mm" not in tags and single is not None:
+        tags["pixel_spacing_mm"] = single[0]
+        tags["_notes"].append(single[1])
+        tags["_tag_problems"].pop("pixel_spacing_mm", None)
     return tags
 
 
@@ -442,13 +632,14 @@ def _carm_tags(ds, tags: dict) -> None:
 
 def _dicom_spacing(value) -> tuple[tuple[float, float] | None, str]:
     """``(dx, dy)`` (columns, rows) from a DICOM spacing value stored as
-    ``[row, column]``, or ``None`` and what is wrong with it.
+    ``[row, column]``, and ``""``; or, for one positive value, ``(v, v)`` and a
+    note saying so; or ``None`` and what is wrong with it (``"holds zero ..."``
+    for zeros: unknown, read as missing).
 
-    A single value is refused rather than taken as isotropic: the standard
-    requires two (VM 2), so a file holding one was written by a tool that does
-    not follow it, and nothing says whether the value is the row or the column
-    spacing. Detector pixels are nearly always square, but a wrong guess would
-    silently scale one image axis; ``--pixel-spacing`` / a sidecar overrides it.
+    The standard requires two values (VM 2). A file holding one was written by a
+    tool that does not follow it; detector pixels are nearly always square, so the
+    value is read as both spacings, and the note says so (``--pixel-spacing`` / a
+    sidecar overrides it).
     """
     single = isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")  # pydicom: a DSfloat, not a MultiValue
     values = [value] if single else list(value)
@@ -456,12 +647,16 @@ def _dicom_spacing(value) -> tuple[tuple[float, float] | None, str]:
         nums = [float(v) for v in values]
     except (TypeError, ValueError):
         return None, f"holds {value!r}, not numbers"
+    if nums and all(v == 0 for v in nums):
+        return None, f"holds zero {nums}"
+    if not (np.isfinite(nums).all() and all(v > 0 for v in nums)):
+        return None, f"holds {nums}, not positive spacings in mm"
+    if len(nums) == 1:
+        return (nums[0], nums[0]), (f"holds one value ({nums[0]:g}) where the DICOM standard requires two (row, "
+                                    f"column): read as square pixels {nums[0]:g} x {nums[0]:g} mm")
     if len(nums) != 2:
-        return None, (f"holds {len(nums)} value(s) {nums} but the DICOM standard requires two (row, column "
-                      "spacing, mm)")
+        return None, f"holds {len(nums)} values {nums} but the DICOM standard requires two (row, column spacing, mm)"
     row_mm, col_mm = nums
-    if not (np.isfinite(nums).all() and row_mm > 0 and col_mm > 0):
-        return None, f"holds {nums}, not two positive spacings in mm"
     return (col_mm, row_mm), ""
 
 
@@ -515,9 +710,18 @@ def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict
         geo["K"] = None  # explicit arguments win over a sidecar's intrinsics
     problems = tags.get("_tag_problems", {})
     missing, bad_tags = [], []
+    geo["sources"], geo["assumed"], geo["notes"] = {}, [], list(tags.get("_notes", []))
+    tag_names = {"sdd_mm": "DICOM tag DistanceSourceToDetector (0018,1110)",
+                 "pixel_spacing_mm": "DICOM tag ImagerPixelSpacing (0018,1164) / PixelSpacing (0028,0030)"}
     for key in ("sdd_mm", "pixel_spacing_mm"):
-        geo[key] = next((v for v in (args[key], side.get(key), tags.get(key)) if v is not None), None)
-        if geo[key] is None and not (key == "sdd_mm" and geo["K"] is not None):
+        found = [(v, src) for v, src in ((args[key], "argument"), (side.get(key), f"camera file {side_path}"),
+                                         (tags.get(key), tag_names[key])) if v is not None]
+        geo[key] = found[0][0] if found else None
+        if found:
+            geo["sources"][key] = found[0][1]
+        elif key == "sdd_mm" and geo["K"] is not None:
+            geo["sources"][key] = f"camera file {side_path} (K)"
+        else:
             (bad_tags.append(problems[key]) if key in problems else missing.append(key))
     if bad_tags:
         raise InputError("; ".join(bad_tags) + ": pass the value (CLI: --sdd / --pixel-spacing) or give it in "
@@ -529,7 +733,9 @@ def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict
                if side.get("K") is not None and geo["K"] is None else "")
         raise InputError(f"{kind} gives no {need}{why}: add it to this file, or pass sdd_mm= / pixel_spacing_mm= "
                          "(CLI: --sdd / --pixel-spacing)", side_path)
-    if missing:
+    if missing and tags.get("_dicom") and tags.get("_hw") is not None:
+        _assume_geometry(geo, missing, tags["_hw"])
+    elif missing:
         raise InputError(
             f"no X-ray geometry ({', '.join(missing)}): pass sdd_mm= / pixel_spacing_mm= "
             f"(CLI: --sdd / --pixel-spacing, or --camera), write a sidecar {sidecar_candidates(path)[0].name}, "
@@ -538,9 +744,53 @@ def _geometry(path: Path, sidecar, tags: dict, sdd_mm, pixel_spacing_mm) -> dict
         )
     if geo["carm"] is not None and geo["sdd_mm"] is not None and geo["carm"].source_to_isocentre_mm >= geo["sdd_mm"]:
         raise InputError(f"the source-to-isocentre distance ({geo['carm'].source_to_isocentre_mm:g} mm) is not below "
-                         f"the source-to-detector distance ({geo['sdd_mm']:g} mm): the isocentre lies between the "
-                         "source and the detector", geo["pose_source"])
+                         f"the source-to-detector distance ({geo['sdd_mm']:g} mm"
+                         + (", assumed: pass --sdd" if "sdd_mm" in geo["assumed"] else "")
+                         + "): the isocentre lies between the source and the detector", geo["pose_source"])
     return geo
+
+
+#: Source-to-detector distance (mm) assumed for a DICOM radiograph that does not
+#: give one: the usual source-to-image distance of table and bucky radiography
+#: (pelvis, hip, knee, long bones; chest films use 1800 mm).
+DEFAULT_SDD_MM = 1000.0
+
+#: Detector extent (mm) that the longest side of a DICOM radiograph without pixel
+#: spacing is assumed to span: the largest standard cassette / flat panel,
+#: 43 cm. Tied to the image's extent rather than to a pixel size, it gives the
+#: same field of view whatever resolution the file was saved at.
+DEFAULT_DETECTOR_SIDE_MM = 430.0
+
+
+def _assume_geometry(geo: dict, missing: list[str], hw: tuple[int, int]) -> None:
+    """Fill ``missing`` geometry fields of a DICOM radiograph with the documented
+    defaults (:data:`DEFAULT_SDD_MM`, :data:`DEFAULT_DETECTOR_SIDE_MM` over the
+    stored image's longest side, square pixels) and record them in ``geo``."""
+    for key in missing:
+        if key == "sdd_mm":
+            geo["sdd_mm"] = DEFAULT_SDD_MM
+            geo["sources"][key] = f"assumed (xrecon default {DEFAULT_SDD_MM:g} mm)"
+        else:
+            dx = DEFAULT_DETECTOR_SIDE_MM / max(hw)
+            geo["pixel_spacing_mm"] = (dx, dx)
+            geo["sources"][key] = (f"assumed (xrecon default: the image's longest side, {max(hw)} px, spans "
+                                   f"{DEFAULT_DETECTOR_SIDE_MM:g} mm)")
+        geo["assumed"].append(key)
+
+
+def geometry_statement(geo: dict) -> str:
+    """One sentence saying which geometry an image was read with, and, when some
+    of it was assumed, what that means and how to give it (``geo``: from
+    :func:`read_geometry`)."""
+    dx, dy = geo["pixel_spacing_mm"]
+    parts = [f"source-to-detector {geo['sdd_mm']:g} mm from {geo['sources'].get('sdd_mm', '?')}"
+             if geo.get("sdd_mm") is not None else f"intrinsics K from {geo['sources'].get('sdd_mm', '?')}",
+             f"pixels {dx:.4g} x {dy:.4g} mm from {geo['sources'].get('pixel_spacing_mm', '?')}"]
+    if not geo.get("assumed"):
+        return "geometry: calibrated (" + "; ".join(parts) + ")"
+    return ("geometry: ASSUMED, not calibrated (" + "; ".join(parts) + "): the shape is up to scale and its "
+            "distance from the source is not measured; give --sdd and --pixel-spacing (API: sdd_mm=, "
+            "pixel_spacing_mm=) or a camera JSON for a calibrated result")
 
 
 def read_geometry(path: str | Path, *, sidecar: str | Path | None = None, sdd_mm: float | None = None,
