@@ -79,16 +79,20 @@ def reconstruct(
         return
     image, camera = image[0], (camera[0] if camera else None)
 
-    img, cam = api.load_xray(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
+    reading = api.load_xray_report(image, camera, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing)
+    img, cam = reading.image, reading.camera
     from xrecon.methods.recon.outputs import write_reconstruction  # heavy: after the input is read
     from xrecon.methods.recon.pipeline import ReconConfig
 
     rec = api.reconstruct(img, cam, model=model, config=ReconConfig(refine_shape=not no_shape_fit))
     if not rec.success:
         raise InputError(f"no reconstruction: {rec.reason}", image)
+    rec.notes.extend(reading.notes)  # assumed geometry, strips, markers (xray_io.read_xray_report)
     _net, space, info = api._load_model(None if model is None else str(model))
     files = write_reconstruction(out, rec, img, space.name, {"file": str(model or "shipped default"),
-                                                              "command": info.get("command")})
+                                                              "command": info.get("command")},
+                                 xray=reading.to_dict())
+    typer.echo(reading.geometry.get("statement", ""))
     typer.echo(f"reconstruction: {'confident' if rec.confident else 'LOW CONFIDENCE: ' + '; '.join(rec.notes)}")
     typer.echo(f"{int(rec.inliers.sum())} inlier correspondences, reprojection {rec.reprojection_error_px:.2f} px, "
                f"{rec.timings_s.get('total', float('nan')):.2f} s")

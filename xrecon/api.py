@@ -52,9 +52,20 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
             ``pixel_spacing_mm``).
         sdd_mm, pixel_spacing_mm: detector geometry when there is no camera file.
 
-    Returns ``(image (H, W) float32, camera)``.
+    Returns ``(image (H, W) float32, camera)``; :func:`load_xray_report` also says
+    which geometry was used (a DICOM film without one gets an assumed geometry) and
+    what was cut off or painted out.
     """
-    from xrecon.anatomy.xray_io import read_xray
+    reading = load_xray_report(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+    return reading.image, reading.camera
+
+
+def load_xray_report(image, camera=None, *, sdd_mm: float | None = None, pixel_spacing_mm: float | None = None):
+    """:func:`load_xray` (same arguments) as an :class:`~xrecon.anatomy.xray_io.XrayReading`:
+    the image, its camera, the geometry used (``geometry["calibrated"]``, its
+    ``statement``), what was done to the intensities, the collimator strips and
+    markers found on a DICOM film, and ``notes``."""
+    from xrecon.anatomy.xray_io import XrayReading, read_xray_report
 
     cam = None
     if camera is not None and not isinstance(camera, (str, Path)):  # torch only now: a bad file is refused without it
@@ -64,9 +75,10 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
     source = str(image) if isinstance(image, (str, Path)) else None
     if source is not None:
         if cam is not None:  # the caller's camera wins (scaled with the image when a large file is shrunk)
-            img, cam = read_xray(image, camera=cam)
+            reading = read_xray_report(image, camera=cam)
         else:
-            img, cam = read_xray(image, sidecar=camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+            reading = read_xray_report(image, sidecar=camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+        img, cam = reading.image, reading.camera
     else:
         from xrecon.geometry import Camera
 
@@ -79,12 +91,14 @@ def load_xray(image, camera=None, *, sdd_mm: float | None = None,
             if sdd_mm is None or pixel_spacing_mm is None:
                 raise InputError("an image array needs a camera (or sdd_mm and pixel_spacing_mm)")
             cam = Camera.from_detector(sdd_mm, pixel_spacing_mm, img.shape[0], img.shape[1])
+        reading = XrayReading(img, cam, "", {"calibrated": True, "statement": "geometry: calibrated (given with "
+                                             "the image array)", "sources": {}, "assumed": []})
     if cam is None:
         raise InputError("no camera: pass a camera JSON, or the detector's sdd_mm and pixel_spacing_mm", source)
     if (cam.height, cam.width) != img.shape:
         raise InputError(f"the image is {img.shape[0]}x{img.shape[1]} px but its camera describes "
                          f"{cam.height}x{cam.width} px", source)
-    return img, cam
+    return reading
 
 
 def model_kind(path: str | Path | None) -> str:
@@ -286,9 +300,11 @@ def reconstruct(image, camera=None, *, cameras=None, sdd_mm: float | None = None
         return reconstruct_images(net, space, imgs, cams, config or ReconConfig(),
                                   multiview_config or MultiViewConfig())
     image, camera = _one(image, camera, cameras)
-    img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
+    reading = load_xray_report(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     net, space, _info = _load_model(None if model is None else str(model))
-    return reconstruct_image(net, space, img, cam, config or ReconConfig())
+    rec = reconstruct_image(net, space, reading.image, reading.camera, config or ReconConfig())
+    rec.notes.extend(reading.notes)  # the assumed geometry, strips and markers: stated, not a doubt on the fit
+    return rec
 
 
 @dataclass

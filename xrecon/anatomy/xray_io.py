@@ -148,6 +148,8 @@ def read_xray(
                                log_transform=log_transform, crop_border_px=crop_border_px,
                                flip_horizontal=flip_horizontal, flip_vertical=flip_vertical, invert=invert, size=size,
                                max_side=max_side, camera=camera, find_borders=find_borders)
+    if not reading.calibrated:  # the caller gets no report: say it here
+        log.warning("%s: %s", path, reading.geometry["statement"])
     return reading.image, reading.camera
 
 
@@ -236,7 +238,6 @@ def read_xray_report(
         notes += geo["notes"]
         if geo["assumed"]:
             notes.append(statement)
-            log.warning("%s: %s", path, statement)
 
     top, bottom, left, right = _border(crop_border_px, path)
     if top + bottom >= H or left + right >= W:

@@ -95,8 +95,10 @@ def reconstruction_json(rec, space_name: str, model_info: dict | None = None) ->
 
 
 def write_reconstruction(out_dir: str | Path, rec, image: np.ndarray, space_name: str,
-                         model_info: dict | None = None) -> list[Path]:
-    """Write the ``reconstruct`` outputs (see module docstring); returns the final paths."""
+                         model_info: dict | None = None, xray: dict | None = None) -> list[Path]:
+    """Write the ``reconstruct`` outputs (see module docstring); returns the final paths.
+    ``xray``: what reading the X-ray found and assumed
+    (:meth:`~xrecon.anatomy.xray_io.XrayReading.to_dict`), written as ``pose.json``'s ``xray``."""
     if not rec.success:
         raise InputError(f"no reconstruction: {rec.reason}")
     with staged_output(out_dir) as stage:
@@ -114,7 +116,7 @@ def write_reconstruction(out_dir: str | Path, rec, image: np.ndarray, space_name
         write_points(stage / "points_cam.ply", pc, {"uv": rec.points_uv, "confidence": rec.points_confidence,
                                                     "vertex_id": rec.point_ids.astype(np.int32)}, frame=CAMERA_FRAME)
         write_pose(stage / "pose.json", rec.model_to_cam, MODEL_FRAME, CAMERA_FRAME,
-                   **reconstruction_json(rec, space_name, model_info))
+                   **reconstruction_json(rec, space_name, model_info), **({"xray": xray} if xray else {}))
         mask = silhouette(v_cam, rec.faces, rec.camera.with_pose(np.eye(4)), max_side=OVERLAY_MAX_SIDE)
         rgb = draw_overlay(image, [(mask, GREEN)], [(rec.corr_uv[rec.inliers], CYAN)])
         save_png(rgb, stage / "overlay.png")
