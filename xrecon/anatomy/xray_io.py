@@ -28,8 +28,15 @@ Angles give the view's pose in the C-arm's isocentre frame
 (:mod:`xrecon.geometry.carm`); :func:`read_geometry` says which one an image has,
 without decoding its pixels.
 
-   A single-valued spacing tag (the standard requires two, row and column) is
-   refused, naming the tag, unless the spacing comes from 1. or 2.
+   A zero or empty distance or spacing tag is read as missing, a one-valued
+   spacing tag (the standard requires two) as square pixels, each with a note;
+   a negative or non-numeric one is refused, naming the tag, unless the value
+   comes from 1. or 2.
+4. for a DICOM only, what is still missing is assumed: :data:`DEFAULT_SDD_MM`
+   and pixels that make the stored image's longest side
+   :data:`DEFAULT_DETECTOR_SIDE_MM`; :func:`read_xray_report` says so
+   (``geometry["calibrated"]`` false, ``geometry["statement"]``). A PNG / TIFF
+   without geometry is refused.
 
 Every geometry file (``--camera`` file or sidecar) is checked field by field
 against the one camera JSON schema
@@ -41,8 +48,13 @@ as stored (collimator border) -> flips -> area-average down to the working size
 (longest side at most ``max_side``, :data:`MAX_WORKING_SIDE` by default; images
 already within it are untouched) -> DICOM rescale slope / intercept and
 ``MONOCHROME1`` inversion -> ``log_transform`` (raw intensities to line
-integrals, ``-log(I / I_max)``, so bone becomes bright) -> ``invert`` -> min-max
-scaling to [0, 1] -> resize to ``size``. The camera follows every geometric
+integrals, ``-log(I / I_max)``, so bone becomes bright) -> ``invert`` ->
+collimator strips cut off and lead markers painted out (``find_borders``, on by
+default for DICOM: :mod:`xrecon.anatomy.film`) -> min-max scaling to [0, 1] ->
+resize to ``size``. A DICOM's VOI LUT (window centre / width, VOI LUT Sequence)
+is deliberately not applied: it is a display window, and the networks take the
+whole range, dense bright, as a DRR; CR / DX values for presentation are
+already log-like, so no log is taken unless asked. The camera follows every geometric
 step (crop shifts the principal point, a flip mirrors it, a resize scales K:
 :meth:`Camera.cropped` / :meth:`Camera.resized`), so every pixel coordinate a
 caller gets back is on the returned image's grid. Averaging raw intensities
