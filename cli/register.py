@@ -43,7 +43,8 @@ def register(
 
     Several X-rays (cameras in one shared frame: world_to_cam or C-arm angles):
     OUT/registration.json (ct_to_world and each view's ct_to_cam), OUT/ct_bone_world.ply
-    and OUT/overlay_<i>.png per view (no --refine, no --model scr yet). With
+    and OUT/overlay_<i>.png per view (--refine: one intensity loss over all views; no --model scr
+    yet). With
     --independent-views (no shared frame): registration.json (each view's ct_to_cam),
     OUT/ct_bone_cam_<i>.ply and overlay_<i>.png per view.
     """
@@ -56,16 +57,16 @@ def register(
 
         if api.model_kind(model) == "scr":
             raise InputError("a patient-specific SCR model registers one X-ray at a time", model)
-        if refine:
-            raise InputError("--refine (intensity refinement) over several X-rays is not available yet: register "
-                             "without it, or refine one view at a time")
+        if refine and independent_views:
+            raise InputError("--refine over views without a shared frame (--independent-views) is not available: "
+                             "register without it, or refine one view at a time")
         api.load_views(image, camera or None, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing,
                        independent_views=independent_views)  # refuse bad views first
         frame = api.views_frame(image, camera or None, sdd_mm=sdd, pixel_spacing_mm=pixel_spacing,
                                 independent_views=independent_views)
         result = api.register(image, camera or None, ct, labels=labels, structures=structures, sdd_mm=sdd,
                               pixel_spacing_mm=pixel_spacing, model=model, label_names=label_names,
-                              independent_views=independent_views)
+                              independent_views=independent_views, refine=refine)
         if not result.success:
             if not result.reconstruction.success:
                 raise InputError(f"no reconstruction to register the CT to: {result.reconstruction.reason}")
@@ -88,6 +89,11 @@ def register(
                    f"{'confident' if reg.confident else 'LOW CONFIDENCE: ' + '; '.join(reg.notes)}")
         for r in result.reconstruction.reports:
             typer.echo(f"view {r.index} ({image[r.index]}): {r.status}" + (f" ({r.reason})" if r.reason else ""))
+        if refine and not independent_views:
+            ri = result.refine_info
+            typer.echo(f"refinement over {len(image)} views: mean similarity "
+                       f"{ri.get('similarity_init', float('nan')):.4f} -> {ri.get('similarity_final', float('nan')):.4f}"
+                       + ("" if result.ct_to_world_refined is not None else f" (kept the start: {ri.get('reason')})"))
         for f in files:
             typer.echo(f"wrote {f}")
         return

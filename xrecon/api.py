@@ -376,6 +376,11 @@ class MultiViewRegistration:
         registration: the :class:`~xrecon.methods.recon.multiview.MultiViewCTRegistration` diagnostics.
         bone: the CT's bone surface used (CT frame); cameras, images: the views.
         ct_source: the CT the pose is of.
+        ct_to_world_refined: with ``refine=True``, the pose after intensity refinement
+            over all views (:class:`xrecon.solve.refine.MultiViewRefiner`; ``None``
+            when it did not raise the similarity); ``ct_to_world`` / ``ct_to_cam``
+            stay the poses before it.
+        refine_info: refinement diagnostics (similarity before / after: the views' mean).
     """
 
     ct_to_world: np.ndarray
@@ -386,6 +391,17 @@ class MultiViewRegistration:
     cameras: list
     images: list
     ct_source: str = ""
+    ct_to_world_refined: np.ndarray | None = None
+    refine_info: dict = field(default_factory=dict)
+
+    @property
+    def final_ct_to_world(self) -> np.ndarray:
+        return self.ct_to_world_refined if self.ct_to_world_refined is not None else self.ct_to_world
+
+    @property
+    def final_ct_to_cam(self) -> list:
+        """Each view's ``world_to_cam @ final_ct_to_world``."""
+        return [np.asarray(c.world_to_cam[0], np.float64) @ self.final_ct_to_world for c in self.cameras]
 
     @property
     def success(self) -> bool:
@@ -432,7 +448,8 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
             ``world_to_cam`` (:func:`load_views`): returns a :class:`MultiViewRegistration`.
         ct: CT path (NIfTI / NRRD / DICOM folder) or :class:`~xrecon.anatomy.volume.Volume`.
         labels: label map (path or Volume) on the CT grid; ``structures`` picks labels.
-        refine: also refine the pose by intensity (DRR of the CT against the X-ray).
+        refine: also refine the pose by intensity (DRR of the CT against the X-ray; with
+            several views in one frame, one loss over all of them).
         model: reconstruction model file (default: the shipped weights).
         config: :class:`xrecon.methods.recon.pipeline.ReconConfig`.
         threshold_hu: bone threshold when no label map is given.
@@ -446,9 +463,9 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
     from xrecon.anatomy.volume import Volume
 
     if _several(image):
-        if refine:
-            raise InputError("intensity refinement over several X-rays is not available yet: register without "
-                             "refine (--refine), or refine one view at a time")
+        if refine and independent_views:
+            raise InputError("intensity refinement of views without a shared frame is not available: register "
+                             "without refine (--refine), or refine one view at a time")
         imgs, cams = load_views(image, cameras if cameras is not None else camera, sdd_mm=sdd_mm,
                                 pixel_spacing_mm=pixel_spacing_mm, independent_views=independent_views)
         ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
@@ -469,8 +486,12 @@ def register(image, camera, ct, labels=None, structures=None, refine: bool = Fal
         mrec = reconstruct_images(net, space, imgs, cams, cfg, multiview_config or MultiViewConfig())
         pts, nrm = bone.sample_points(30000, seed=cfg.seed)
         reg = register_ct_views(mrec, pts, nrm, cfg, ct_mesh=(bone.vertices, bone.faces))
-        return MultiViewRegistration(reg.ct_to_world, reg.ct_to_cam, mrec, reg, bone, cams, imgs,
-                                     str(ct_vol.source))
+        out = MultiViewRegistration(reg.ct_to_world, reg.ct_to_cam, mrec, reg, bone, cams, imgs,
+                                    str(ct_vol.source))
+        if refine and reg.success:
+            out.ct_to_world_refined, out.refine_info = refine_pose_views(
+                imgs, cams, ct_vol, reg.ct_to_world, config=refine_config or recon_refine_config())
+        return out
     image, camera = _one(image, camera, cameras)
     img, cam = load_xray(image, camera, sdd_mm=sdd_mm, pixel_spacing_mm=pixel_spacing_mm)
     ct_vol = ct if isinstance(ct, Volume) else read_ct(ct)
@@ -496,6 +517,27 @@ def recon_refine_config():
     from xrecon.solve.refine import RefineConfig
 
     return RefineConfig(similarity="gradient_ncc")
+
+
+def refine_pose_views(images: list, cameras: list, ct, ct_to_world: np.ndarray, *, config=None,
+                      progress: bool = False) -> tuple[np.ndarray | None, dict]:
+    """Intensity refinement of ``ct_to_world`` over several X-rays whose cameras
+    (each with its ``world_to_cam``) share one world frame
+    (:class:`xrecon.solve.refine.MultiViewRefiner`: one loss over all views).
+    Returns the refined pose (``None`` when the similarity did not rise) and its
+    diagnostics (similarities: the views' mean)."""
+    import torch
+
+    from xrecon.solve.refine import MultiViewRefiner
+
+    refiner = MultiViewRefiner(ct, [c[0] for c in cameras], config=config)
+    res = refiner.refine([torch.as_tensor(np.asarray(im, np.float32)) for im in images],
+                         np.stack([np.asarray(c.world_to_cam[0], np.float64) for c in cameras]), ct_to_world,
+                         progress=progress)
+    info = {"success": bool(res.success), "reason": res.reason, "similarity_init": float(res.similarity_init),
+            "similarity_final": float(res.similarity_final), "n_iterations": int(res.n_iterations),
+            "time_s": float(res.time_s), "views": len(images)}
+    return (np.asarray(res.world_to_cam, np.float64) if res.success else None), info
 
 
 def refine_pose(image: np.ndarray, camera: Camera, ct, ct_to_cam: np.ndarray, *, config=None,

@@ -20,10 +20,13 @@ a failed run leaves nothing behind.
                         pixels (cyan; none for a refused view).
 ``register`` writes:
     ``registration.json``  ``{"from_frame": ct, "to_frame": world, "matrix": ct_to_world}``
-                        plus ``ct_to_cam`` of every view (``ct_to_cam[i] = world_to_cam_i @
-                        ct_to_world``), the cameras, confidence and diagnostics;
-    ``ct_bone_world.ply``  the CT's bone surface posed in the world frame;
-    ``overlay_<i>.png`` the CT bone's outline (green) in view ``i``.
+                        (the final pose: after refinement with ``--refine``) plus ``ct_to_cam``
+                        of every view (``ct_to_cam[i] = world_to_cam_i @ ct_to_world``), the
+                        cameras, confidence and diagnostics; with ``--refine`` also
+                        ``ct_to_world_before_refinement``, ``refined`` and ``refinement``;
+    ``ct_bone_world.ply``  the CT's bone surface posed in the world frame (final pose);
+    ``overlay_<i>.png`` the CT bone's outline in view ``i``: green the final pose, yellow
+                        before refinement (only when refinement moved it).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ import numpy as np
 
 from xrecon.errors import InputError
 from xrecon.methods.recon.outputs import MODEL_FRAME, _write_mesh, ct_frame, staged_output
-from xrecon.methods.recon.overlay import CYAN, GREEN, OVERLAY_MAX_SIDE, draw_overlay, save_png, silhouette
+from xrecon.methods.recon.overlay import CYAN, GREEN, OVERLAY_MAX_SIDE, YELLOW, draw_overlay, save_png, silhouette
 
 WORLD_FRAME = ("world: the X-ray cameras' shared frame (the frame of every camera's world_to_cam; for xrecon's "
                "simulations patient RAS+), mm")
@@ -104,19 +107,33 @@ def write_multiview_registration(out_dir: str | Path, result, model_info: dict |
     from xrecon.anatomy.mesh_io import write_pose
 
     reg, mrec, bone = result.registration, result.reconstruction, result.bone
+    final = result.final_ct_to_world
+    refined = result.ct_to_world_refined is not None
+    extra = {}
+    if result.refine_info:  # refinement asked for: the pose before it, and what it did
+        extra = {"ct_to_world_before_refinement": reg.ct_to_world, "refined": refined,
+                 "refinement": result.refine_info}
     with staged_output(out_dir) as stage:
-        write_pose(stage / "registration.json", reg.ct_to_world, ct_frame(result), world_frame,
-                   matrix_is="ct_to_world",
+        write_pose(stage / "registration.json", final, ct_frame(result), world_frame,
+                   matrix_is="ct_to_world" + (" (after intensity refinement over all views)" if refined else ""),
                    ct_to_cam=[{"view": i, "from_frame": "ct (as above)", "to_frame": CAMERA_FRAME_I.format(i=i),
-                               "matrix": reg.ct_to_cam[i]} for i in range(mrec.n_views)],
+                               "matrix": m} for i, m in enumerate(result.final_ct_to_cam)],
                    cameras=_views(mrec.cameras, sources), ct_bone=bone.source, success=bool(reg.success),
                    confident=bool(reg.confident), notes=list(reg.notes), registration=reg.summary(),
-                   reconstruction=mrec.summary(), model_to_world=mrec.model_to_world, model=model_info or {})
-        posed = bone.vertices @ reg.ct_to_world[:3, :3].T + reg.ct_to_world[:3, 3]
-        _write_mesh(stage / "ct_bone_world.ply", posed, bone.faces, world_frame, f"CT bone surface of {bone.source}")
+                   reconstruction=mrec.summary(), model_to_world=mrec.model_to_world, model=model_info or {},
+                   **extra)
+
+        def posed(T: np.ndarray) -> np.ndarray:
+            return bone.vertices @ T[:3, :3].T + T[:3, 3]
+
+        _write_mesh(stage / "ct_bone_world.ply", posed(final), bone.faces, world_frame,
+                    f"CT bone surface of {bone.source}")
         for i, (img, cam) in enumerate(zip(result.images, mrec.cameras)):
-            mask = silhouette(posed, bone.faces, cam, max_side=OVERLAY_MAX_SIDE)  # cam carries world_to_cam
-            save_png(draw_overlay(img, [(mask, GREEN)]), stage / f"overlay_{i}.png")
+            # cam carries world_to_cam; yellow: before refinement, green: the final pose
+            layers = [(silhouette(posed(reg.ct_to_world), bone.faces, cam, max_side=OVERLAY_MAX_SIDE), YELLOW)] \
+                if refined else []
+            layers.append((silhouette(posed(final), bone.faces, cam, max_side=OVERLAY_MAX_SIDE), GREEN))
+            save_png(draw_overlay(img, layers), stage / f"overlay_{i}.png")
         names = [f.name for f in stage.iterdir()]
     return [Path(out_dir) / n for n in sorted(names)]
 
