@@ -26,7 +26,8 @@ surface) before intensity refinement: mTRE over 500 bone-surface points, GFR@10 
 (:func:`~xrecon.methods.recon.pipeline.register_ct_points`, silhouette step
 included); several views through :mod:`xrecon.methods.recon.multiview`.
 
-    python benchmarks/bench_recon_multiview.py [--population ssm|out-of-span] [--n 16] [--quick] [--threads 1]
+    python benchmarks/bench_recon_multiview.py [--population ssm|out-of-span] [--n 16] [--quick] [--threads 1] \\
+        [--refine --name NAME]
 
 Writes benchmarks/results/bench_recon_multiview[_out_of_span][_quick].{json,md}.
 The rendered views are cached in data/recon_bench (multiview_*.h5). Simulated data only.
@@ -146,13 +147,20 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(ROOT / "data" / "recon_bench"), help="cache of the rendered views")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                     help="override one ReconConfig field (as bench_recon.py)")
+    ap.add_argument("--refine", action="store_true",
+                    help="also refine every registration by intensity (one view: the single-view refiner; "
+                         "several: one loss over all views) and report the mTRE after")
+    ap.add_argument("--name", default=None, help="results file name (default: bench_recon_multiview[_out_of_span])")
     args = ap.parse_args(argv)
+    if args.refine and args.no_register:
+        raise SystemExit("--refine needs the registration (drop --no-register)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     if args.quick:
         args.n = 2
 
     from xrecon.anatomy.bone import bone_from_labels
+    from xrecon.api import recon_refine_config, refine_pose, refine_pose_views
     from xrecon.errors import InputError
     from xrecon.geometry import Camera
     from xrecon.methods.recon.data import ReconDataConfig, model_to_world, phantom_of
@@ -209,6 +217,7 @@ def main(argv=None) -> int:
             bone = bone_from_labels(labels, cache=False)
             world_to_ct = random_frame(rng, lps=bool(s % 2))
             bone_ct = bone.transformed(world_to_ct)
+            ct_ct = ct.transformed(world_to_ct) if args.refine else None  # the CT in its own (random) frame
             pts, nrm = bone_ct.sample_points(30000, seed=0)
             targets = bone_ct.vertices[np.random.default_rng(0).choice(len(bone_ct.vertices), 500, replace=False)]
             ct_to_world_truth = np.linalg.inv(world_to_ct)
@@ -259,12 +268,30 @@ def main(argv=None) -> int:
                                 "reg_reason": reg.reason,
                                 "mtre_mm": (float(mtre_mm(reg.ct_to_cam, W0 @ ct_to_world_truth, targets)[0])
                                             if reg.success else float("nan"))})
+                    if args.refine and reg.success:
+                        t2 = time.monotonic()
+                        nm = names[0]
+                        refined, info_r = refine_pose(data["image"][s, VIEW_NAMES.index(nm)], cams[nm], ct_ct,
+                                                      reg.ct_to_cam, config=recon_refine_config())
+                        pose = refined if refined is not None else reg.ct_to_cam
+                        row.update({"refined_mtre_mm": float(mtre_mm(pose, W0 @ ct_to_world_truth, targets)[0]),
+                                    "refine_time_s": time.monotonic() - t2,
+                                    "refine_similarity": [info_r["similarity_init"], info_r["similarity_final"]]})
                 else:
                     reg = register_ct_views(mrec, pts, nrm, cfg, ct_mesh=(bone_ct.vertices, bone_ct.faces))
                     row.update({"reg_success": bool(reg.success), "reg_confident": bool(reg.confident),
                                 "reg_reason": reg.reason,
                                 "mtre_mm": (float(mtre_mm(reg.ct_to_world, ct_to_world_truth, targets)[0])
                                             if reg.success else float("nan"))})
+                    if args.refine and reg.success:
+                        t2 = time.monotonic()
+                        refined, info_r = refine_pose_views([data["image"][s, VIEW_NAMES.index(nm)] for nm in names],
+                                                            [cams[nm] for nm in names], ct_ct, reg.ct_to_world,
+                                                            config=recon_refine_config())
+                        pose = refined if refined is not None else reg.ct_to_world
+                        row.update({"refined_mtre_mm": float(mtre_mm(pose, ct_to_world_truth, targets)[0]),
+                                    "refine_time_s": time.monotonic() - t2,
+                                    "refine_similarity": [info_r["similarity_init"], info_r["similarity_final"]]})
                 row["reg_time_s"] = time.monotonic() - t1
             rows.append(row)
             log.info("subject %d %s: posed ASSD %.2f, shape %.2f, depth %.1f, mTRE %.2f", s, proto,
@@ -296,6 +323,13 @@ def main(argv=None) -> int:
                           "confident_subset": {"n": int(conf.sum()), "mtre_mm": percentiles(m[conf]),
                                                "gfr10": gfr(m[conf], 10.0)},
                           "reg_time_s": percentiles(col(proto, "reg_time_s"), failed_as_inf=False)})
+        if args.refine:  # failed registrations count as +inf after refinement too
+            before, after = col(proto, "mtre_mm"), col(proto, "refined_mtre_mm")
+            after = np.where(np.isfinite(before), after, np.nan)
+            both = np.isfinite(before) & np.isfinite(after)
+            entry.update({"refined_mtre_mm": percentiles(after), "refined_gfr10": gfr(after, 10.0),
+                          "refined_worse": f"{int((after[both] > before[both]).sum())} of {int(both.sum())}",
+                          "refine_time_s": percentiles(col(proto, "refine_time_s"), failed_as_inf=False)})
         base = single_of.get(proto)
         if base:  # paired against the single view it starts from: subjects where it is better
             for key in ("posed_assd_mm", "mtre_mm"):
@@ -329,8 +363,8 @@ def main(argv=None) -> int:
         "command": " ".join(["python", "benchmarks/bench_recon_multiview.py"]
                             + (argv if argv is not None else sys.argv[1:])),
     }
-    name = "bench_recon_multiview" + ("" if args.population == "ssm" else "_out_of_span") + (
-        "_quick" if args.quick else "")
+    name = args.name or ("bench_recon_multiview" + ("" if args.population == "ssm" else "_out_of_span") + (
+        "_quick" if args.quick else ""))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"summary": summary, "cases": rows}, indent=1, default=float))
     (RESULTS / f"{name}.md").write_text(markdown(summary, not args.no_register))
@@ -376,6 +410,14 @@ def markdown(s: dict, register: bool = True) -> str:
         lines += [f"| {e['protocol']} | {e['confident_subset']['n']} | {fmt(e['confident_subset']['mtre_mm'])} | "
                   + (f"{100 * e['confident_subset']['gfr10']:.1f} % |" if e["confident_subset"]["n"] else "- |")
                   for e in s["protocols"] if "confident_subset" in e]
+    if any("refined_mtre_mm" in e for e in s["protocols"]):
+        lines += ["", "After intensity refinement (one view: the single-view refiner; several: one loss over all "
+                  "views, `xrecon.solve.refine.MultiViewRefiner`):", "",
+                  "| protocol | mTRE before, median (mm) | mTRE after, median [p95] (mm) | GFR@10 after | "
+                  "ended worse | time (s) |", "|---|---|---|---|---|---|"]
+        lines += [f"| {e['protocol']} | {fmt(e['mtre_mm'])} | {fmt(e['refined_mtre_mm'])} "
+                  f"[{fmt(e['refined_mtre_mm'], 'p95')}] | {100 * e['refined_gfr10']:.1f} % | {e['refined_worse']} | "
+                  f"{fmt(e['refine_time_s'])} |" for e in s["protocols"] if "refined_mtre_mm" in e]
     if s.get("views_alone"):
         lines += ["", "Each view alone (the single-view reconstruction's rotation error; a failure counts as +inf):", "",
                   "| view | rotation error median (deg) | p95 | success | coverage median |", "|---|---|---|---|---|"]
