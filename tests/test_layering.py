@@ -165,12 +165,12 @@ def _is_reexport_of_children(module: str, target: str) -> bool:
 
 
 def test_every_module_keeps_to_its_layer_and_adapters():
-    found = [msg for module, path in MODULES.items() for msg in violations(module, path.read_text())]
+    found = [msg for module, path in MODULES.items() for msg in violations(module, path.read_text(encoding="utf-8"))]
     assert not found, "layering broken:\n" + "\n".join(found)
 
 
 def test_no_two_modules_import_each_other():
-    graph = {module: {t for t, _, _ in imports_of(module, path.read_text())
+    graph = {module: {t for t, _, _ in imports_of(module, path.read_text(encoding="utf-8"))
                       if t in MODULES and not _is_reexport_of_children(module, t)}
              for module, path in MODULES.items()}
     cycles = import_cycles(graph)
@@ -179,12 +179,12 @@ def test_no_two_modules_import_each_other():
 
 def test_the_core_and_shape_models_depend_one_way():
     users = {module for module, path in MODULES.items()
-             if any(t.split(".")[0] == "shape_models" for t, _, _ in imports_of(module, path.read_text()))}
+             if any(t.split(".")[0] == "shape_models" for t, _, _ in imports_of(module, path.read_text(encoding="utf-8")))}
     core_users = {m for m in users if layer_of(m) in CORE}
     assert not core_users, f"xrecon's core imports shape_models: {sorted(core_users)}"
     for module, path in MODULES.items():
         if module.startswith("shape_models"):
-            outside = {t for t, _, _ in imports_of(module, path.read_text())
+            outside = {t for t, _, _ in imports_of(module, path.read_text(encoding="utf-8"))
                        if t.startswith("xrecon") and layer_of(t) not in CORE}
             assert not outside, f"{module} uses xrecon beyond its core: {sorted(outside)}"
 

@@ -19,7 +19,7 @@ is the seed's formula, the naive reference the tests compare against.
 
 Why rays through one point span a subspace (the idea the tests pin with an
 analytic embedding, :func:`plucker_embedding`): a ray with unit direction ``d``
-through the origin ``o`` has Plücker coordinates ``(d, o x d)``; it passes
+through the origin ``o`` has Plucker coordinates ``(d, o x d)``; it passes
 through ``X`` exactly when ``o x d = X x d``, i.e. ``(d, m) = [I; [X]_x] d``,
 a 3-dimensional subspace of R^6. A trained network learns such a map from the
 image alone.
@@ -92,7 +92,7 @@ def similarity_maps(query: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
 
 
 def plucker_embedding(origins: torch.Tensor, directions: torch.Tensor, length_scale_mm: float = 100.0) -> torch.Tensor:
-    """Plücker coordinates ``(d, (o x d) / s)`` ``(..., 6)`` of rays with origins
+    """Plucker coordinates ``(d, (o x d) / s)`` ``(..., 6)`` of rays with origins
     ``(..., 3)`` and directions ``(..., 3)`` (normalised here), ``s`` a length scale
     (mm) for conditioning. An exact ray embedding in a fixed world frame: the
     rays through one point span a 3-dimensional subspace of it (module docs).
