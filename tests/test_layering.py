@@ -165,7 +165,8 @@ def _is_reexport_of_children(module: str, target: str) -> bool:
 
 
 def test_every_module_keeps_to_its_layer_and_adapters():
-    found = [msg for module, path in MODULES.items() for msg in violations(module, path.read_text(encoding="utf-8"))]
+    found = [msg for module, path in MODULES.items()
+             for msg in violations(module, path.read_text(encoding="utf-8"))]
     assert not found, "layering broken:\n" + "\n".join(found)
 
 
@@ -179,7 +180,8 @@ def test_no_two_modules_import_each_other():
 
 def test_the_core_and_shape_models_depend_one_way():
     users = {module for module, path in MODULES.items()
-             if any(t.split(".")[0] == "shape_models" for t, _, _ in imports_of(module, path.read_text(encoding="utf-8")))}
+             if any(t.split(".")[0] == "shape_models"
+                    for t, _, _ in imports_of(module, path.read_text(encoding="utf-8")))}
     core_users = {m for m in users if layer_of(m) in CORE}
     assert not core_users, f"xrecon's core imports shape_models: {sorted(core_users)}"
     for module, path in MODULES.items():
