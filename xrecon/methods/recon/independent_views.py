@@ -46,13 +46,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xrecon.errors import InputError
 from xrecon.geometry import Camera
 from xrecon.methods.recon.multiview import (MultiViewConfig, ViewReport, _inv_similarity, _linear_points, _location,
-                                            _normals, _pooled_residual, _project, _reproj_errors)
+                                            _normals, _pooled_residual, _project, _reproj_errors, reconstruct_images,
+                                            reconstruct_views)
 from xrecon.methods.recon.pipeline import (SCALE_BOUNDS, SCALE_CONFIDENT, ReconConfig, Reconstruction,
-                                           _point_confidence, _silhouette_refine, ct_in_canonical_frame,
-                                           reconstruct_from_prediction)
+                                           _point_confidence, _silhouette_refine, ct_in_canonical_frame)
 from xrecon.methods.recon.shape import ShapeSpace, points_at
 from xrecon.solve.multiview import ViewPoints, apply, refine_ct_to_cams
 
@@ -195,36 +194,14 @@ def reconstruct_independent_views(preds: list, space: ShapeSpace, cameras: list[
                                   mv_config: MultiViewConfig = MultiViewConfig()) -> IndependentViewsReconstruction:
     """:func:`combine_independent` from each view's network read-out
     (:class:`~xrecon.methods.recon.predict.DensePrediction`) and its camera."""
-    if len(preds) != len(cameras) or not preds:
-        raise InputError(f"{len(preds)} predictions but {len(cameras)} cameras: one camera per view")
-    t0 = time.perf_counter()
-    cams = [c[0] for c in cameras]
-    views = [reconstruct_from_prediction(p, space, c, config) for p, c in zip(preds, cams)]
-    px = [c.width / p.net_camera.width for p, c in zip(preds, cams)]
-    out = combine_independent(views, space, cams, px, config, mv_config)
-    out.timings_s["single_views"] = sum(v.timings_s.get("total", 0.0) for v in views)
-    out.timings_s["total"] = time.perf_counter() - t0
-    return out
+    return reconstruct_views(preds, space, cameras, config, mv_config, combine=combine_independent)
 
 
 def reconstruct_independent_images(net, space: ShapeSpace, images: list, cameras: list[Camera],
                                    config: ReconConfig = ReconConfig(),
                                    mv_config: MultiViewConfig = MultiViewConfig()) -> IndependentViewsReconstruction:
     """:func:`reconstruct_independent_views` from X-rays ``images[i]: (H_i, W_i)`` and their cameras."""
-    from xrecon.methods.recon.predict import predict_dense
-
-    if len(images) != len(cameras) or not images:
-        raise InputError(f"{len(images)} images but {len(cameras)} cameras: one camera per image")
-    t0 = time.perf_counter()
-    threshold = config.mask_threshold if config.mask_threshold is not None else getattr(net, "mask_threshold", 0.5)
-    preds = [predict_dense(net, img, cam, threshold, config.tta_shifts) for img, cam in zip(images, cameras)]
-    t_net = time.perf_counter() - t0
-    out = reconstruct_independent_views(preds, space, cameras, config, mv_config)
-    for v, p in zip(out.views, preds):
-        v.mask_prob = p.mask_prob
-    out.timings_s["network"] = t_net
-    out.timings_s["total"] = time.perf_counter() - t0
-    return out
+    return reconstruct_images(net, space, images, cameras, config, mv_config, combine=combine_independent)
 
 
 def combine_independent(views: list[Reconstruction], space: ShapeSpace, cameras: list[Camera],

@@ -322,17 +322,20 @@ def _fail(space, cams, views, reports, reason: str, timings: dict, n_points: int
 
 
 def reconstruct_views(preds: list, space: ShapeSpace, cameras: list[Camera], config: ReconConfig = ReconConfig(),
-                      mv_config: MultiViewConfig = MultiViewConfig()) -> MultiViewReconstruction:
+                      mv_config: MultiViewConfig = MultiViewConfig(), combine=None) -> MultiViewReconstruction:
     """Steps 1-6 of the module docstring from each view's network read-out
     (:class:`~xrecon.methods.recon.predict.DensePrediction`) and its camera (whose
-    ``world_to_cam`` places it in the shared world frame)."""
+    ``world_to_cam`` places it in the shared world frame). ``combine`` (default
+    :func:`combine_views`) joins the single-view reconstructions; views without a
+    shared frame pass :func:`~xrecon.methods.recon.independent_views.combine_independent`."""
+    combine = combine or combine_views
     if len(preds) != len(cameras) or not preds:
         raise InputError(f"{len(preds)} predictions but {len(cameras)} cameras: one camera per view")
     t0 = time.perf_counter()
     cams = [c[0] for c in cameras]
     views = [reconstruct_from_prediction(p, space, c, config) for p, c in zip(preds, cams)]
     px = [c.width / p.net_camera.width for p, c in zip(preds, cams)]
-    out = combine_views(views, space, cams, px, config, mv_config)
+    out = combine(views, space, cams, px, config, mv_config)
     out.timings_s["single_views"] = sum(v.timings_s.get("total", 0.0) for v in views)
     out.timings_s["total"] = time.perf_counter() - t0
     return out
@@ -340,8 +343,8 @@ def reconstruct_views(preds: list, space: ShapeSpace, cameras: list[Camera], con
 
 def reconstruct_images(net, space: ShapeSpace, images: list, cameras: list[Camera],
                        config: ReconConfig = ReconConfig(),
-                       mv_config: MultiViewConfig = MultiViewConfig()) -> MultiViewReconstruction:
-    """:func:`reconstruct_views` from X-rays ``images[i]: (H, W)`` and their cameras."""
+                       mv_config: MultiViewConfig = MultiViewConfig(), combine=None) -> MultiViewReconstruction:
+    """:func:`reconstruct_views` (with ``combine``) from X-rays ``images[i]: (H_i, W_i)`` and their cameras."""
     from xrecon.methods.recon.predict import predict_dense
 
     if len(images) != len(cameras) or not images:
@@ -350,7 +353,7 @@ def reconstruct_images(net, space: ShapeSpace, images: list, cameras: list[Camer
     threshold = config.mask_threshold if config.mask_threshold is not None else getattr(net, "mask_threshold", 0.5)
     preds = [predict_dense(net, img, cam, threshold, config.tta_shifts) for img, cam in zip(images, cameras)]
     t_net = time.perf_counter() - t0
-    out = reconstruct_views(preds, space, cameras, config, mv_config)
+    out = reconstruct_views(preds, space, cameras, config, mv_config, combine)
     for v, p in zip(out.views, preds):
         v.mask_prob = p.mask_prob
     out.timings_s["network"] = t_net
