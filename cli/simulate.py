@@ -43,6 +43,9 @@ def simulate(
     shard: str = typer.Option("0/1", "--shard", help="Make only shards k with k % n == i (i/n), to split across machines."),
     shard_size: int = typer.Option(32, "--shard-size", min=1, help="Images per shard file."),
     poses: str = typer.Option("seed002", "--poses", help="Pose sampler: seed002 (LAO/RAO +-45, offsets 90/30/30 mm) or general."),
+    protocol: str = typer.Option("single", "--protocol", help="Views per acquisition, sharing one isocentre: single, "
+                                 "carm-pair (two shots 30 deg apart), sweep (0/15/30 deg), ap-lateral, oblique-pair "
+                                 "(LAO -45/+45). Sample i is view i % V of acquisition i // V."),
     spacing_mm: float = typer.Option(2.0, "--spacing-mm", min=0, help="Voxel size the CT is resampled to for DRRs (0: full resolution)."),
     n_samples: int = typer.Option(128, "--n-samples", min=2, help="Samples per ray (trilinear DRR)."),
     bone_only: bool = typer.Option(False, "--bone-only", help="DRR of the selected bone structures only."),
@@ -58,7 +61,7 @@ def simulate(
     from xrecon.errors import InputError
     from xrecon.sim.dataset import DatasetConfig, simulate_dataset
     from xrecon.sim.groundtruth import SimConfig
-    from xrecon.sim.poses import get_sampler
+    from xrecon.sim.poses import get_sampler, with_protocol
 
     split = _parse_shard(shard)
     check_output_folder(out)
@@ -72,7 +75,7 @@ def simulate(
         n=n,
         seed=seed,
         shard_size=shard_size,
-        poses=get_sampler(poses),
+        poses=with_protocol(get_sampler(poses), protocol),
         sim=SimConfig(spacing_mm=spacing_mm or None, n_samples=n_samples, bone_only_drr=bone_only, n_surface_samples=surface_samples),
     )
     try:

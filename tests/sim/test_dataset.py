@@ -171,3 +171,31 @@ def test_bad_input_leaves_no_dataset(scene, tmp_path):
         write_dataset(blocker / "out", ct, bone, DETECTOR, CONFIG, progress=False)
     with pytest.raises(InputError, match="shard split"):
         write_dataset(tmp_path / "x", ct, bone, DETECTOR, CONFIG, shard=(2, 2), progress=False)
+
+
+def test_a_two_view_protocol_shares_each_acquisition_and_orbits_its_views(scene, tmp_path):
+    """``carm-pair``: samples 2a and 2a + 1 are one acquisition: the same isocentre,
+    tilt and distance, LAO 30 deg apart; the single-view identity is unchanged."""
+    from dataclasses import replace
+
+    from xrecon.sim.poses import PROTOCOLS, with_protocol
+
+    ct, labels, bone = scene
+    config = replace(CONFIG, n=4, shard_size=4, poses=with_protocol(CONFIG.poses, "carm-pair"))
+    write_dataset(tmp_path, ct, bone, DETECTOR, config, labels=labels, structures={1: "ball"}, progress=False)
+    with h5py.File(tmp_path / "shard-00000.h5", "r") as f:
+        d = {k: f[k][()] for k in ("acquisition", "view", "lao_deg", "offset_mm", "world_to_cam")}
+    assert d["acquisition"].tolist() == [0, 0, 1, 1] and d["view"].tolist() == [0, 1, 0, 1]
+    for a in (0, 2):
+        assert d["lao_deg"][a + 1] - d["lao_deg"][a] == pytest.approx(30.0)
+        assert np.allclose(d["offset_mm"][a], d["offset_mm"][a + 1])
+        # both cameras look at the same isocentre: it projects to each principal ray
+        iso = ds_mod.bone_centre(bone) + d["offset_mm"][a]
+        for v in (a, a + 1):
+            x = d["world_to_cam"][v][:3, :3] @ iso + d["world_to_cam"][v][:3, 3]
+            assert np.allclose(x[:2], 0.0, atol=1e-6)
+    assert not np.allclose(d["offset_mm"][0], d["offset_mm"][2])  # acquisitions differ
+    assert "view_offsets_deg" not in CONFIG.to_dict()["poses"]  # one view: the identity as before
+    assert with_protocol(CONFIG.poses, "ap-lateral").lao_deg == (0.0, 0.0) and set(PROTOCOLS) >= {"single", "sweep"}
+    with pytest.raises(InputError, match="unknown view protocol"):
+        with_protocol(CONFIG.poses, "quadplanar")

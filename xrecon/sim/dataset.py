@@ -61,7 +61,7 @@ from xrecon.geometry import Camera
 from xrecon.sim.augment import AugmentConfig, Augmenter, normalise_image
 from xrecon.sim.detector import DetectorPreset
 from xrecon.sim.groundtruth import SimConfig, SimulatedViews, Simulator
-from xrecon.sim.poses import SEED002, PoseSamplerConfig, sample_poses
+from xrecon.sim.poses import SEED002, PoseSamplerConfig, carm_pose, sample_poses
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ FIELDS = {
     "roll_deg": "in-plane roll, degrees (n,)",
     "offset_mm": "isocentre offset from the bone centre, world mm (n, 3)",
     "source_to_isocentre_mm": "source to isocentre distance (n,)",
+    "acquisition": "acquisition the sample belongs to: its views share one isocentre (n,)",
+    "view": "the sample's view within its acquisition (index into the protocol's LAO offsets) (n,)",
 }
 _PER_PIXEL = {"image", "entry_world", "exit_world", "entry_depth_mm", "exit_depth_mm", "mask"}
 
@@ -129,7 +131,7 @@ class DatasetConfig:
         return range(k * self.shard_size, min((k + 1) * self.shard_size, self.n))
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "seed": self.seed, "shard_size": self.shard_size, "poses": asdict(self.poses), "sim": asdict(self.sim)}
+        return {"n": self.n, "seed": self.seed, "shard_size": self.shard_size, "poses": self.poses.to_dict(), "sim": asdict(self.sim)}
 
 
 @dataclass
@@ -276,12 +278,30 @@ def _shard_is_complete(path: Path, manifest: dict, expected: range) -> bool:
 def _simulate_samples(
     simulator: Simulator, config: DatasetConfig, detector: DetectorPreset, centre: np.ndarray, indices: range
 ) -> tuple[SimulatedViews, dict[str, np.ndarray]]:
-    """Simulate samples ``indices``, each from its own generator ``[seed, i]``."""
+    """Simulate samples ``indices``, each from its own generator ``[seed, i]``. With
+    several views per acquisition (``config.poses.view_offsets_deg``) sample ``i`` is
+    view ``i % V`` of acquisition ``i // V``, whose pose is drawn once from
+    ``[seed, i // V, V]`` and orbited by that view's offset."""
     rngs = [np.random.default_rng([config.seed, i]) for i in indices]
-    samples = [sample_poses(config.poses, 1, centre, rng, detector.source_to_isocentre_mm) for rng in rngs]
+    n_views = config.poses.n_views
+    if n_views == 1:
+        samples = [sample_poses(config.poses, 1, centre, rng, detector.source_to_isocentre_mm) for rng in rngs]
+    else:
+        samples = []
+        for i in indices:
+            acq, view = divmod(i, n_views)
+            s = sample_poses(config.poses, 1, centre, np.random.default_rng([config.seed, acq, n_views]),
+                             detector.source_to_isocentre_mm)
+            s.lao_deg = s.lao_deg + config.poses.view_offsets_deg[view]
+            s.world_to_cam = carm_pose(torch.from_numpy(s.isocentre_world), torch.from_numpy(s.lao_deg),
+                                       torch.from_numpy(s.cranial_deg), torch.from_numpy(s.roll_deg),
+                                       torch.from_numpy(s.source_to_isocentre_mm))
+            samples.append(s)
     world_to_cam = torch.cat([s.world_to_cam for s in samples])
     views = simulator.simulate(world_to_cam, rngs)
     params = {
+        "acquisition": np.array([i // n_views for i in indices], np.int64),
+        "view": np.array([i % n_views for i in indices], np.int64),
         "lao_deg": np.concatenate([s.lao_deg for s in samples]),
         "cranial_deg": np.concatenate([s.cranial_deg for s in samples]),
         "roll_deg": np.concatenate([s.roll_deg for s in samples]),

@@ -25,7 +25,7 @@ your own with ``dataclasses.replace``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ class PoseSamplerConfig:
             (lateral, anterior-posterior, superior-inferior), normal with mean 0.
         source_to_isocentre_mm: (min, max), uniform; ``None`` uses the detector
             preset's distance.
+        view_offsets_deg: the views of one acquisition: LAO offsets added to one
+            drawn pose (same isocentre, tilt, roll and distance), e.g. ``(0, 30)``
+            for two C-arm shots 30 deg apart; ``(0,)`` = one view per draw.
     """
 
     lao_deg: tuple[float, float] = (-45.0, 45.0)
@@ -58,6 +61,7 @@ class PoseSamplerConfig:
     roll_deg: tuple[float, float] = (0.0, 0.0)
     offset_std_mm: tuple[float, float, float] = (90.0, 30.0, 30.0)
     source_to_isocentre_mm: tuple[float, float] | None = None
+    view_offsets_deg: tuple[float, ...] = (0.0,)
 
     def __post_init__(self):
         for name in ("lao_deg", "cranial_deg", "roll_deg"):
@@ -73,8 +77,21 @@ class PoseSamplerConfig:
             if not 0 < lo <= hi:
                 raise InputError(f"pose sampler: source_to_isocentre_mm range ({lo}, {hi}) is invalid")
 
+        if not self.view_offsets_deg or len(set(self.view_offsets_deg)) != len(self.view_offsets_deg):
+            raise InputError(f"pose sampler: view_offsets_deg needs distinct offsets, got {self.view_offsets_deg}")
+
+    @property
+    def n_views(self) -> int:
+        """Views per acquisition."""
+        return len(self.view_offsets_deg)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields (``view_offsets_deg`` only when there are several views, so that
+        a one-view sampler's dict, and a dataset's identity, stay as they were)."""
+        d = asdict(self)
+        if self.view_offsets_deg == (0.0,):
+            d.pop("view_offsets_deg")
+        return d
 
 
 #: Seed 002's simulation protocol.
@@ -92,6 +109,28 @@ GENERAL = PoseSamplerConfig(
 )
 
 SAMPLERS = {"seed002": SEED002, "general": GENERAL}
+
+#: Several-view acquisitions (name -> (fixed first-view LAO or None = the sampler's,
+#: LAO offsets of the views)). Every view of one acquisition shares the isocentre.
+PROTOCOLS: dict[str, tuple[float | None, tuple[float, ...]]] = {
+    "single": (None, (0.0,)),
+    "carm-pair": (None, (0.0, 30.0)),  # two C-arm shots 30 deg apart
+    "sweep": (None, (0.0, 15.0, 30.0)),  # a three-shot sweep
+    "ap-lateral": (0.0, (0.0, 90.0)),  # AP + lateral (biplanar)
+    "oblique-pair": (-45.0, (0.0, 90.0)),  # LAO -45 / +45
+}
+
+
+def with_protocol(config: PoseSamplerConfig, name: str) -> PoseSamplerConfig:
+    """``config`` with the views of the acquisition protocol ``name`` (:data:`PROTOCOLS`)."""
+    try:
+        lao, offsets = PROTOCOLS[name]
+    except KeyError:
+        raise InputError(f"unknown view protocol '{name}'; choose one of {', '.join(PROTOCOLS)}") from None
+    changes = {"view_offsets_deg": offsets}
+    if lao is not None:
+        changes["lao_deg"] = (lao, lao)
+    return replace(config, **changes)
 
 
 @dataclass
