@@ -406,3 +406,13 @@ def test_the_train_command_is_wired_and_checks_its_options(tmp_path, capsys):
         run(["train", "rayemb", "--out", str(tmp_path / "o"), "--embed-dim", "2"])
     assert info.value.code == 2
     assert "embed-dim" in capsys.readouterr().err
+
+
+def test_the_shipped_weights_load_through_the_safe_loader():
+    from xrecon.methods.rayemb.model_io import DEFAULT_MODEL, load_rayemb_model
+
+    net, info = load_rayemb_model()
+    sidecar = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert net.config.image_size == 128 and "xrecon train rayemb" in sidecar["command"]
+    with torch.no_grad():
+        assert net(torch.rand(1, 1, 128, 128)).shape == (1, net.config.embed_dim, 128, 128)
