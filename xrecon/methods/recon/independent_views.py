@@ -47,11 +47,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from xrecon.geometry import Camera
-from xrecon.methods.recon.multiview import (MultiViewConfig, ViewReport, _inv_similarity, _linear_points, _location,
-                                            _normals, _pooled_residual, _project, _reproj_errors, reconstruct_images,
-                                            reconstruct_views)
+from xrecon.methods.recon.multiview import (MultiViewConfig, ViewReport, _ct_alignment_candidates, _inv_similarity,
+                                            _linear_points, _location, _pooled_residual, _project, _reproj_errors,
+                                            reconstruct_images, reconstruct_views)
 from xrecon.methods.recon.pipeline import (SCALE_BOUNDS, SCALE_CONFIDENT, ReconConfig, Reconstruction,
-                                           _point_confidence, _silhouette_refine, ct_in_canonical_frame)
+                                           _point_confidence, _silhouette_refine)
 from xrecon.methods.recon.shape import ShapeSpace, points_at
 from xrecon.solve.multiview import ViewPoints, apply, refine_ct_to_cams
 
@@ -433,8 +433,6 @@ def register_ct_independent(irec: IndependentViewsReconstruction, ct_points: np.
     With one usable view, that view's single-view registration
     (:func:`~xrecon.methods.recon.pipeline.register_ct_points`).
     """
-    from xrecon.solve.align3d import AlignConfig, align_surfaces
-
     t0 = time.perf_counter()
     n = irec.n_views
     nan44 = np.full((4, 4), np.nan)
@@ -463,18 +461,11 @@ def register_ct_independent(irec: IndependentViewsReconstruction, ct_points: np.
                                               one.n_used, dz, True, "", one.confident and irec.confident,
                                               list(irec.notes) + [f"registered through view {i} alone"]
                                               + one.notes[len(irec.views[i].notes):], one.timings_s)
-    canon, canon_n, ct_to_canon = ct_in_canonical_frame(ct_points, ct_normals, max_ct_points, config.seed)
-    if canon_n is None:
-        canon_n = _normals(canon)
-    align_cfg = AlignConfig(with_scale=True, init_scale=1.0, scale_bounds=SCALE_BOUNDS, global_init=("pca",),
-                            max_points=5000, seed=config.seed)
-    align = align_surfaces(canon, irec.vertices_model, config=align_cfg)
+    canon, canon_n, ct_to_canon, cands, reason = _ct_alignment_candidates(ct_points, ct_normals, irec.vertices_model,
+                                                                           config, max_ct_points, hypotheses)
     timings = {"align": time.perf_counter() - t0}
-    cands = [U for U, fitness, _ in align.candidates if fitness >= align_cfg.min_fitness][:max(1, hypotheses)]
-    if not cands and align.success:
-        cands = [align.src_to_dst]
     if not cands:
-        return fail(f"the CT's bone surface did not align to the reconstruction: {align.reason}", timings=timings)
+        return fail(reason, timings=timings)
     pts = []
     for i in used:
         v, sel = irec.views[i], irec.inliers[i]

@@ -650,6 +650,26 @@ def _normals(points: np.ndarray) -> np.ndarray:
     return np.asarray(pcd.normals)
 
 
+def _ct_alignment_candidates(ct_points: np.ndarray, ct_normals: np.ndarray | None, vertices_model: np.ndarray,
+                             config: ReconConfig, max_ct_points: int, hypotheses: int):
+    """The CT surface in its principal-axis frame (points, normals, ``ct_to_canon``) and
+    up to ``hypotheses`` canon-to-model similarities from aligning it to the
+    reconstructed shape (each seeds one joint fit); ``reason`` says why there are none."""
+    from xrecon.solve.align3d import AlignConfig, align_surfaces
+
+    canon, canon_n, ct_to_canon = ct_in_canonical_frame(ct_points, ct_normals, max_ct_points, config.seed)
+    if canon_n is None:
+        canon_n = _normals(canon)
+    align_cfg = AlignConfig(with_scale=True, init_scale=1.0, scale_bounds=SCALE_BOUNDS, global_init=("pca",),
+                            max_points=5000, seed=config.seed)
+    align = align_surfaces(canon, vertices_model, config=align_cfg)
+    cands = [U for U, fitness, _ in align.candidates if fitness >= align_cfg.min_fitness][:max(1, hypotheses)]
+    if not cands and align.success:
+        cands = [align.src_to_dst]
+    reason = "" if cands else f"the CT's bone surface did not align to the reconstruction: {align.reason}"
+    return canon, canon_n, ct_to_canon, cands, reason
+
+
 def register_ct_views(mrec: MultiViewReconstruction, ct_points: np.ndarray, ct_normals: np.ndarray | None = None,
                       config: ReconConfig = ReconConfig(), max_ct_points: int = 40000, hypotheses: int = 3,
                       ct_mesh: tuple[np.ndarray, np.ndarray] | None = None) -> MultiViewCTRegistration:
@@ -663,8 +683,6 @@ def register_ct_views(mrec: MultiViewReconstruction, ct_points: np.ndarray, ct_n
     (:func:`~xrecon.methods.recon.pipeline.register_ct_points`, with its silhouette
     step when ``ct_mesh`` (vertices, faces; CT frame) is given) is mapped to the world.
     """
-    from xrecon.solve.align3d import AlignConfig, align_surfaces
-
     t0 = time.perf_counter()
     n = mrec.n_views
     nan44 = np.full((4, 4), np.nan)
@@ -693,18 +711,11 @@ def register_ct_views(mrec: MultiViewReconstruction, ct_points: np.ndarray, ct_n
                                        "", one.confident and mrec.confident, list(mrec.notes) + [
                                            f"registered through view {i} alone"] + one.notes[len(mrec.views[i].notes):],
                                        one.timings_s)
-    canon, canon_n, ct_to_canon = ct_in_canonical_frame(ct_points, ct_normals, max_ct_points, config.seed)
-    if canon_n is None:
-        canon_n = _normals(canon)
-    align_cfg = AlignConfig(with_scale=True, init_scale=1.0, scale_bounds=SCALE_BOUNDS, global_init=("pca",),
-                            max_points=5000, seed=config.seed)
-    align = align_surfaces(canon, mrec.vertices_model, config=align_cfg)
+    canon, canon_n, ct_to_canon, cands, reason = _ct_alignment_candidates(ct_points, ct_normals, mrec.vertices_model,
+                                                                           config, max_ct_points, hypotheses)
     timings = {"align": time.perf_counter() - t0}
-    cands = [U for U, fitness, _ in align.candidates if fitness >= align_cfg.min_fitness][:max(1, hypotheses)]
-    if not cands and align.success:
-        cands = [align.src_to_dst]
     if not cands:
-        return fail(f"the CT's bone surface did not align to the reconstruction: {align.reason}", timings=timings)
+        return fail(reason, timings=timings)
     views = []
     for i in used:
         v = mrec.views[i]
